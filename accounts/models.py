@@ -1,0 +1,45 @@
+"""People on this office node: accounts, profiles and their keys."""
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+
+
+class User(AbstractUser):
+    """A person on this office node."""
+
+    last_activity = models.DateTimeField(null=True, blank=True)
+
+
+class Profile(models.Model):
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="profile"
+    )
+    full_name = models.CharField(max_length=150, blank=True)
+    position = models.CharField(max_length=150, blank=True)
+    description = models.TextField(max_length=4000, blank=True)
+    location = models.CharField(max_length=150, blank=True)
+    picture = models.ImageField(upload_to="pictures/", blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.full_name or self.user.get_username()
+
+
+class UserKeys(models.Model):
+    """A person's ed25519 signing key and X25519 encryption key; private parts encrypted at rest."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="keys"
+    )
+    sign_public = models.BinaryField(max_length=32)
+    box_public = models.BinaryField(max_length=32)
+    sign_private_encrypted = models.BinaryField()
+    box_private_encrypted = models.BinaryField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "user keys"
+
+    def __str__(self) -> str:
+        return f"keys of {self.user}"

@@ -1,0 +1,5 @@
+"""Reads about messages and delivery."""
+
+
+def delivery_health() -> dict:
+    return {}

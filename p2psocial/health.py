@@ -1,0 +1,48 @@
+"""GET /health: the figures monitoring needs, as JSON; 200 when healthy, 503 otherwise."""
+
+import time
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
+
+from . import redis_client
+
+
+def collect() -> dict:
+    """Every health figure for this role; also shown on the admin's health page."""
+    checks: dict = {"role": settings.ROLE, "node": settings.NODE_NAME or None}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:  # reported, not raised: this endpoint must answer
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        r = redis_client.get()
+        r.ping()
+        checks["redis"] = "ok"
+        if not settings.IS_LOGIN_SERVER:
+            beat = r.get(redis_client.heartbeat_key())
+            checks["worker_heartbeat_age_s"] = round(time.time() - float(beat), 1) if beat else None
+    except Exception as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+    if not settings.IS_LOGIN_SERVER:
+        from messaging.queries import delivery_health
+        from peers.queries import login_server_health
+
+        checks.update(login_server_health())
+        checks.update(delivery_health())
+    healthy = checks["database"] == "ok" and checks["redis"] == "ok"
+    if not settings.IS_LOGIN_SERVER:
+        age = checks.get("worker_heartbeat_age_s")
+        healthy = healthy and age is not None and age < settings.HEARTBEAT_INTERVAL_S * 6
+    checks["status"] = "ok" if healthy else "degraded"
+    return checks
+
+
+@require_GET
+def health(request: HttpRequest) -> JsonResponse:
+    checks = collect()
+    return JsonResponse(checks, status=200 if checks["status"] == "ok" else 503)

@@ -1,0 +1,37 @@
+"""Structured log lines (key=value) carrying the request id of the current request."""
+
+import contextvars
+import json
+import logging
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        return True
+
+
+class StructuredFormatter(logging.Formatter):
+    """`time level logger event key=value ...`, values JSON-quoted when needed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [
+            self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            record.levelname,
+            record.name,
+            json.dumps(record.getMessage(), ensure_ascii=False),
+            f"request_id={getattr(record, 'request_id', '-')}",
+        ]
+        for key, value in vars(record).items():
+            if key in _STANDARD or key.startswith("_"):
+                continue
+            parts.append(f"{key}={json.dumps(value, default=str, ensure_ascii=False)}")
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line

@@ -1,0 +1,18 @@
+"""Tasks that belong to the process as a whole, not to one domain."""
+
+import time
+
+from celery import shared_task
+from django.conf import settings
+
+from . import redis_client
+
+
+@shared_task(name="p2psocial.tasks.heartbeat", acks_late=False)
+def heartbeat() -> None:
+    """Record that a worker of this node is alive; /health reads it."""
+    redis_client.get().set(
+        redis_client.heartbeat_key(),
+        f"{time.time():.3f}",
+        ex=int(settings.HEARTBEAT_INTERVAL_S * 6),
+    )

@@ -1,0 +1,24 @@
+"""URLs for both roles; the role decides which apps are reachable."""
+
+from django.conf import settings
+from django.urls import include, path
+
+from . import health
+
+urlpatterns = [
+    path("health", health.health, name="health"),
+]
+
+if settings.IS_LOGIN_SERVER:
+    urlpatterns += [path("", include("loginserver.urls"))]
+else:
+    urlpatterns += [
+        path("", include("accounts.urls")),
+        path("", include("peers.urls")),
+        path("", include("messaging.urls")),
+    ]
+
+# The admin requires a verified second factor on both roles (accounts.admin_site).
+from accounts.admin_site import admin_site  # noqa: E402
+
+urlpatterns += [path("admin/", admin_site.urls)]

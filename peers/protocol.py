@@ -1,0 +1,480 @@
+"""Protocol v1: canonical bytes, signatures, sealed envelopes and acknowledgements.
+
+Pure functions over bytes and PyNaCl keys. Nothing here imports Django or the project,
+so the wire contract in docs/protocol.md can be tested with fixed vectors on its own.
+
+Every signature covers exact bytes prefixed with a per-kind domain separator; nothing
+is ever re-serialised before it is verified.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.public import Box, PrivateKey, PublicKey
+from nacl.signing import SigningKey, VerifyKey
+
+VERSION = 1
+DOMAIN_REQUEST = b"p2psocial/v1/request\x00"
+DOMAIN_ENVELOPE = b"p2psocial/v1/envelope\x00"
+DOMAIN_ACK = b"p2psocial/v1/ack\x00"
+DOMAIN_USER_RECORD = b"p2psocial/v1/user-record\x00"
+DOMAIN_DIRECTORY = b"p2psocial/v1/directory\x00"
+
+AUTH_SCHEME = "P2P-Node"
+MAX_SKEW_S = 300
+MAX_ENVELOPE_BYTES = 64 * 1024
+MAX_BATCH_ENVELOPES = 500
+ENVELOPE_KINDS = frozenset({"message", "read"})
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_USERNAME = re.compile(r"^[A-Za-z0-9_.+-]{1,150}$")
+_NONCE = re.compile(r"^[0-9a-f]{32}$")
+_AUTH_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+# --- errors ---------------------------------------------------------------------------
+class ProtocolError(Exception):
+    """A refusal with a stable machine-readable code and the HTTP status it maps to."""
+
+    def __init__(self, code: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+def _fail(code: str, message: str, status: int = 400) -> ProtocolError:
+    return ProtocolError(code, message, status)
+
+
+# --- encodings --------------------------------------------------------------------------
+def b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64d(value: object, *, field: str, length: int | None = None) -> bytes:
+    """Strict base64 decode of a field; wrong type, alphabet or length is a ProtocolError."""
+    if not isinstance(value, str):
+        raise _fail("invalid_field", f"{field} must be a base64 string")
+    try:
+        data = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise _fail("invalid_field", f"{field} is not valid base64") from None
+    if length is not None and len(data) != length:
+        raise _fail("invalid_field", f"{field} must be {length} bytes")
+    return data
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The one JSON encoding that is signed: sorted keys, no spaces, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_json_object(body: bytes, *, what: str = "body") -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _fail("malformed_json", f"{what} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise _fail("malformed_json", f"{what} must be a JSON object")
+    return value
+
+
+def require(obj: dict[str, Any], field: str, kind: type | tuple[type, ...]) -> Any:
+    """obj[field], checked for presence and type (bool is never accepted as int)."""
+    if field not in obj:
+        raise _fail("missing_field", f"{field} is required")
+    value = obj[field]
+    if isinstance(value, bool) and kind is not bool:
+        raise _fail("invalid_field", f"{field} has the wrong type")
+    if not isinstance(value, kind):
+        raise _fail("invalid_field", f"{field} has the wrong type")
+    return value
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fingerprint(*public_keys: bytes) -> str:
+    """A short human-comparable fingerprint: 16 groups of 4 hex digits of SHA-256."""
+    digest = hashlib.sha256(b"".join(public_keys)).hexdigest()[:64]
+    return " ".join(digest[i : i + 4] for i in range(0, 64, 4))
+
+
+def validate_node_name(name: object) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise _fail("invalid_field", "node name must be 1-63 of a-z 0-9 _ . - (lower case)")
+    return name
+
+
+def validate_username(name: object) -> str:
+    if not isinstance(name, str) or not _USERNAME.match(name):
+        raise _fail("invalid_field", "username must be 1-150 of A-Z a-z 0-9 _ . + -")
+    return name
+
+
+# --- signed requests (node -> login server, node -> node) -------------------------------
+@dataclass(frozen=True)
+class RequestAuth:
+    node: str
+    timestamp: int
+    nonce: str
+    signature: bytes
+
+
+def request_signing_bytes(
+    *, method: str, path: str, node: str, timestamp: int, nonce: str, body: bytes
+) -> bytes:
+    """The exact bytes a node signs for one HTTP request."""
+    lines = [method.upper(), path, node, str(timestamp), nonce, sha256_hex(body)]
+    return DOMAIN_REQUEST + "\n".join(lines).encode()
+
+
+def sign_request(
+    key: SigningKey,
+    *,
+    node: str,
+    method: str,
+    path: str,
+    body: bytes,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+) -> str:
+    """The Authorization header value for one request."""
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    nonce = secrets.token_hex(16) if nonce is None else nonce
+    message = request_signing_bytes(
+        method=method, path=path, node=node, timestamp=timestamp, nonce=nonce, body=body
+    )
+    signature = b64e(key.sign(message).signature)
+    return f'{AUTH_SCHEME} node="{node}",ts="{timestamp}",nonce="{nonce}",sig="{signature}"'
+
+
+def parse_auth_header(value: str | None) -> RequestAuth:
+    if not value or not value.startswith(AUTH_SCHEME + " "):
+        raise _fail("missing_signature", "request is not signed by a node", 401)
+    params = dict(_AUTH_PARAM.findall(value[len(AUTH_SCHEME) + 1 :]))
+    try:
+        node = validate_node_name(params["node"])
+        timestamp = int(params["ts"])
+        nonce = params["nonce"]
+        signature = b64d(params["sig"], field="sig", length=64)
+    except (KeyError, ValueError, ProtocolError):
+        raise _fail("bad_auth_header", "the Authorization header is malformed", 401) from None
+    if not _NONCE.match(nonce):
+        raise _fail("bad_auth_header", "nonce must be 32 lower-case hex digits", 401)
+    return RequestAuth(node=node, timestamp=timestamp, nonce=nonce, signature=signature)
+
+
+def verify_request(
+    verify_key: bytes,
+    auth: RequestAuth,
+    *,
+    method: str,
+    path: str,
+    body: bytes,
+    now: float | None = None,
+    max_skew_s: int = MAX_SKEW_S,
+) -> None:
+    """Check the timestamp window and the node's signature. Nonce reuse is the caller's check."""
+    now = time.time() if now is None else now
+    if abs(now - auth.timestamp) > max_skew_s:
+        raise _fail("stale_timestamp", "request timestamp is outside the allowed window", 401)
+    message = request_signing_bytes(
+        method=method,
+        path=path,
+        node=auth.node,
+        timestamp=auth.timestamp,
+        nonce=auth.nonce,
+        body=body,
+    )
+    try:
+        VerifyKey(verify_key).verify(message, auth.signature)
+    except (BadSignatureError, ValueError, TypeError):
+        raise _fail("bad_signature", "the request signature does not verify", 401) from None
+
+
+# --- user records (signed by the login server) -----------------------------------------
+@dataclass(frozen=True)
+class UserRecord:
+    username: str
+    node: str
+    node_url: str
+    sign_key: bytes
+    box_key: bytes
+    full_name: str
+    position: str
+    issued: int
+    expires: int
+
+
+def make_user_record(
+    *,
+    username: str,
+    node: str,
+    node_url: str,
+    sign_key: bytes,
+    box_key: bytes,
+    full_name: str,
+    position: str,
+    issued: int,
+    expires: int,
+) -> bytes:
+    return canonical_json(
+        {
+            "v": VERSION,
+            "username": username,
+            "node": node,
+            "node_url": node_url,
+            "sign_key": b64e(sign_key),
+            "box_key": b64e(box_key),
+            "full_name": full_name,
+            "position": position,
+            "issued": issued,
+            "expires": expires,
+        }
+    )
+
+
+def sign_user_record(key: SigningKey, record: bytes) -> bytes:
+    return key.sign(DOMAIN_USER_RECORD + record).signature
+
+
+def verify_user_record(
+    login_server_key: bytes, record: bytes, signature: bytes, *, now: float | None = None
+) -> UserRecord:
+    """Verify the login server's signature, then parse; an expired record is refused."""
+    try:
+        VerifyKey(login_server_key).verify(DOMAIN_USER_RECORD + record, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        raise _fail(
+            "bad_record_signature", "user record is not signed by the login server"
+        ) from None
+    obj = parse_json_object(record, what="user record")
+    parsed = UserRecord(
+        username=validate_username(require(obj, "username", str)),
+        node=validate_node_name(require(obj, "node", str)),
+        node_url=require(obj, "node_url", str),
+        sign_key=b64d(require(obj, "sign_key", str), field="sign_key", length=32),
+        box_key=b64d(require(obj, "box_key", str), field="box_key", length=32),
+        full_name=require(obj, "full_name", str),
+        position=require(obj, "position", str),
+        issued=require(obj, "issued", int),
+        expires=require(obj, "expires", int),
+    )
+    now = time.time() if now is None else now
+    if parsed.expires < now:
+        raise _fail("record_expired", "user record has expired")
+    return parsed
+
+
+def sign_directory(key: SigningKey, body: bytes) -> bytes:
+    return key.sign(DOMAIN_DIRECTORY + body).signature
+
+
+def verify_directory(login_server_key: bytes, body: bytes, signature: bytes) -> None:
+    try:
+        VerifyKey(login_server_key).verify(DOMAIN_DIRECTORY + body, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        raise _fail(
+            "bad_directory_signature", "directory is not signed by the login server"
+        ) from None
+
+
+# --- envelopes ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Envelope:
+    id: str
+    kind: str
+    sender: str
+    sender_node: str
+    recipient: str
+    recipient_node: str
+    created_ms: int
+    ciphertext: bytes
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class SignedEnvelope:
+    raw: bytes
+    signature: bytes
+
+    @property
+    def id(self) -> str:
+        return parse_envelope(self.raw).id
+
+
+def new_envelope_id() -> str:
+    return str(uuid.uuid4())
+
+
+def seal_envelope(
+    *,
+    sender_sign_key: SigningKey,
+    sender_box_key: PrivateKey,
+    recipient_box_key: bytes,
+    envelope_id: str,
+    kind: str,
+    sender: str,
+    sender_node: str,
+    recipient: str,
+    recipient_node: str,
+    created_ms: int,
+    payload: dict[str, Any],
+    nonce: bytes | None = None,
+) -> SignedEnvelope:
+    """Encrypt payload from sender to recipient (NaCl Box) and sign the envelope bytes."""
+    box = Box(sender_box_key, PublicKey(recipient_box_key))
+    ciphertext = bytes(box.encrypt(canonical_json(payload), nonce))
+    raw = canonical_json(
+        {
+            "v": VERSION,
+            "id": envelope_id,
+            "kind": kind,
+            "sender": sender,
+            "sender_node": sender_node,
+            "recipient": recipient,
+            "recipient_node": recipient_node,
+            "created_ms": created_ms,
+            "ciphertext": b64e(ciphertext),
+        }
+    )
+    return SignedEnvelope(raw=raw, signature=sender_sign_key.sign(DOMAIN_ENVELOPE + raw).signature)
+
+
+def parse_envelope(raw: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelope:
+    if len(raw) > max_bytes:
+        raise _fail("envelope_too_large", f"an envelope may be at most {max_bytes} bytes", 413)
+    obj = parse_json_object(raw, what="envelope")
+    if obj.get("v") != VERSION:
+        raise _fail("unsupported_version", f"envelope version must be {VERSION}")
+    envelope_id = require(obj, "id", str)
+    try:
+        if str(uuid.UUID(envelope_id)) != envelope_id:
+            raise ValueError
+    except ValueError:
+        raise _fail("invalid_field", "id must be a lower-case UUID") from None
+    kind = require(obj, "kind", str)
+    if kind not in ENVELOPE_KINDS:
+        raise _fail("invalid_field", f"kind must be one of {sorted(ENVELOPE_KINDS)}")
+    created_ms = require(obj, "created_ms", int)
+    if created_ms < 0:
+        raise _fail("invalid_field", "created_ms must be positive")
+    return Envelope(
+        id=envelope_id,
+        kind=kind,
+        sender=validate_username(require(obj, "sender", str)),
+        sender_node=validate_node_name(require(obj, "sender_node", str)),
+        recipient=validate_username(require(obj, "recipient", str)),
+        recipient_node=validate_node_name(require(obj, "recipient_node", str)),
+        created_ms=created_ms,
+        ciphertext=b64d(require(obj, "ciphertext", str), field="ciphertext"),
+        raw=raw,
+    )
+
+
+def verify_envelope(sender_sign_key: bytes, raw: bytes, signature: bytes) -> None:
+    try:
+        VerifyKey(sender_sign_key).verify(DOMAIN_ENVELOPE + raw, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        raise _fail("bad_envelope_signature", "envelope signature does not verify") from None
+
+
+def open_envelope(
+    envelope: Envelope, *, recipient_box_key: PrivateKey, sender_box_key: bytes
+) -> dict[str, Any]:
+    """Decrypt and parse the payload; a modified ciphertext fails authentication."""
+    try:
+        plaintext = Box(recipient_box_key, PublicKey(sender_box_key)).decrypt(envelope.ciphertext)
+    except (CryptoError, ValueError, TypeError):
+        raise _fail("decrypt_failed", "payload does not decrypt for the recipient") from None
+    return parse_json_object(plaintext, what="payload")
+
+
+# --- batches and acknowledgements --------------------------------------------------------
+def encode_batch(envelopes: list[SignedEnvelope]) -> bytes:
+    """The inbox request body: one JSON object listing base64 envelope bytes and signatures."""
+    return canonical_json(
+        {"envelopes": [{"body": b64e(e.raw), "sig": b64e(e.signature)} for e in envelopes]}
+    )
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One entry of a batch: a parsed envelope, or the error that refuses it alone."""
+
+    index: int
+    envelope: Envelope | None
+    signature: bytes | None
+    error: ProtocolError | None = None
+
+
+def parse_batch(
+    body: bytes,
+    *,
+    max_envelopes: int = MAX_BATCH_ENVELOPES,
+    max_envelope_bytes: int = MAX_ENVELOPE_BYTES,
+) -> list[BatchItem]:
+    """Parse an inbox body. A malformed batch raises; a malformed entry is refused alone."""
+    obj = parse_json_object(body)
+    entries = require(obj, "envelopes", list)
+    if not entries:
+        raise _fail("empty_batch", "a batch carries at least one envelope")
+    if len(entries) > max_envelopes:
+        raise _fail("batch_too_large", f"a batch may carry at most {max_envelopes} envelopes", 413)
+    items: list[BatchItem] = []
+    for index, entry in enumerate(entries):
+        try:
+            if not isinstance(entry, dict):
+                raise _fail("invalid_field", "each entry must be an object")
+            raw = b64d(require(entry, "body", str), field="body")
+            signature = b64d(require(entry, "sig", str), field="sig", length=64)
+            envelope = parse_envelope(raw, max_bytes=max_envelope_bytes)
+            items.append(BatchItem(index=index, envelope=envelope, signature=signature))
+        except ProtocolError as error:
+            items.append(BatchItem(index=index, envelope=None, signature=None, error=error))
+    return items
+
+
+def ack_signing_bytes(envelope_id: str, raw: bytes) -> bytes:
+    return DOMAIN_ACK + f"{envelope_id}\n{sha256_hex(raw)}".encode()
+
+
+def sign_ack(node_key: SigningKey, envelope_id: str, raw: bytes) -> dict[str, str]:
+    """The receiving node's acknowledgement: it stored exactly these bytes under this id."""
+    signature = node_key.sign(ack_signing_bytes(envelope_id, raw)).signature
+    return {
+        "id": envelope_id,
+        "status": "stored",
+        "sha256": sha256_hex(raw),
+        "sig": b64e(signature),
+    }
+
+
+def verify_ack(node_key: bytes, ack: object, *, envelope_id: str, raw: bytes) -> None:
+    """Check an acknowledgement against the bytes the sender sent."""
+    if not isinstance(ack, dict) or ack.get("id") != envelope_id or ack.get("status") != "stored":
+        raise _fail("bad_ack", "acknowledgement does not match the envelope")
+    if ack.get("sha256") != sha256_hex(raw):
+        raise _fail("bad_ack", "acknowledgement covers different bytes")
+    signature = b64d(ack.get("sig"), field="sig", length=64)
+    try:
+        VerifyKey(node_key).verify(ack_signing_bytes(envelope_id, raw), signature)
+    except (BadSignatureError, ValueError, TypeError):
+        raise _fail("bad_ack", "acknowledgement signature does not verify") from None
