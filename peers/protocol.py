@@ -35,6 +35,7 @@ AUTH_SCHEME = "P2P-Node"
 MAX_SKEW_S = 300
 MAX_ENVELOPE_BYTES = 64 * 1024
 MAX_BATCH_ENVELOPES = 500
+MAX_CREATED_MS = 2**53  # fits every database integer and a JavaScript number
 ENVELOPE_KINDS = frozenset({"message", "read"})
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -362,7 +363,7 @@ def parse_envelope(raw: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelo
     if len(raw) > max_bytes:
         raise _fail("envelope_too_large", f"an envelope may be at most {max_bytes} bytes", 413)
     obj = parse_json_object(raw, what="envelope")
-    if obj.get("v") != VERSION:
+    if obj.get("v") != VERSION or isinstance(obj.get("v"), bool):
         raise _fail("unsupported_version", f"envelope version must be {VERSION}")
     envelope_id = require(obj, "id", str)
     try:
@@ -374,8 +375,8 @@ def parse_envelope(raw: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelo
     if kind not in ENVELOPE_KINDS:
         raise _fail("invalid_field", f"kind must be one of {sorted(ENVELOPE_KINDS)}")
     created_ms = require(obj, "created_ms", int)
-    if created_ms < 0:
-        raise _fail("invalid_field", "created_ms must be positive")
+    if not 0 <= created_ms < MAX_CREATED_MS:
+        raise _fail("invalid_field", "created_ms must be a positive 53-bit integer")
     return Envelope(
         id=envelope_id,
         kind=kind,
