@@ -3,12 +3,21 @@
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "p2psocial.settings")
 
 app = Celery("p2psocial")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+app.conf.imports = ("p2psocial.tasks",)
+
+
+@worker_ready.connect
+def _first_heartbeat(**kwargs: object) -> None:
+    from .tasks import heartbeat
+
+    heartbeat()
 
 
 @app.on_after_finalize.connect

