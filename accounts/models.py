@@ -43,3 +43,16 @@ class UserKeys(models.Model):
 
     def __str__(self) -> str:
         return f"keys of {self.user}"
+
+
+class UserSession(models.Model):
+    """A browser session a person logged in with, so that logout and password change can end the others."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="browser_sessions"
+    )
+    session_key = models.CharField(max_length=40, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"session of {self.user} since {self.created_at:%Y-%m-%d %H:%M}"
