@@ -479,3 +479,27 @@ def verify_ack(node_key: bytes, ack: object, *, envelope_id: str, raw: bytes) ->
         VerifyKey(node_key).verify(ack_signing_bytes(envelope_id, raw), signature)
     except (BadSignatureError, ValueError, TypeError):
         raise _fail("bad_ack", "acknowledgement signature does not verify") from None
+
+
+# --- enrolment (node -> login server, before the node is known) -------------------------
+DOMAIN_ENROL = b"p2psocial/v1/enrol\x00"
+
+
+def enrolment_signing_bytes(*, token: str, name: str, url: str, sign_key: bytes) -> bytes:
+    """What a joining node signs with its new key to prove it holds the private part."""
+    return DOMAIN_ENROL + "\n".join([token, name, url, b64e(sign_key)]).encode()
+
+
+def sign_enrolment(key: SigningKey, *, token: str, name: str, url: str) -> bytes:
+    message = enrolment_signing_bytes(
+        token=token, name=name, url=url, sign_key=bytes(key.verify_key)
+    )
+    return key.sign(message).signature
+
+
+def verify_enrolment(sign_key: bytes, signature: bytes, *, token: str, name: str, url: str) -> None:
+    message = enrolment_signing_bytes(token=token, name=name, url=url, sign_key=sign_key)
+    try:
+        VerifyKey(sign_key).verify(message, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        raise _fail("bad_proof", "the enrolment proof does not verify with sign_key") from None
