@@ -74,11 +74,12 @@ def print_summary(facts: dict, *, qr: bool) -> None:
     out.write("\nPeople (password, then the 6-digit code from an authenticator app):\n")
     for person in facts["people"]:
         url = facts["nodes"][person["node"]]["url"]
+        secret = person["totp_secret"]
         out.write(
             f"\n  {person['full_name']} - {person['username']} on {person['node']} ({url}/login/)\n"
-            f"    password:   {person['password']}\n"
-            f"    TOTP secret: {person['totp_secret']}   (oathtool --totp -b {person['totp_secret']})\n"
-            f"    otpauth:    {person['otpauth_uri']}\n"
+            f"    password:    {person['password']}\n"
+            f"    TOTP secret: {secret}   (oathtool --totp -b {secret})\n"
+            f"    otpauth:     {person['otpauth_uri']}\n"
         )
         if qr:
             import qrcode
