@@ -4,7 +4,7 @@ import time
 
 from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
 from . import redis_client
@@ -46,3 +46,9 @@ def collect() -> dict:
 def health(request: HttpRequest) -> JsonResponse:
     checks = collect()
     return JsonResponse(checks, status=200 if checks["status"] == "ok" else 503)
+
+
+@require_GET
+def live(request: HttpRequest) -> HttpResponse:
+    """Liveness: the web process answers. No database or Redis work (the benchmark's floor)."""
+    return HttpResponse("ok", content_type="text/plain")

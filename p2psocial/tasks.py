@@ -16,3 +16,9 @@ def heartbeat() -> None:
         f"{time.time():.3f}",
         ex=int(settings.HEARTBEAT_INTERVAL_S * 6),
     )
+
+
+@shared_task(name="p2psocial.tasks.echo", acks_late=False)
+def echo(key: str) -> None:
+    """Push to a Redis list: the benchmark's empty-task round trip through the broker."""
+    redis_client.get().rpush(key, b"1")

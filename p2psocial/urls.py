@@ -7,6 +7,7 @@ from . import health
 
 urlpatterns = [
     path("health", health.health, name="health"),
+    path("health/live", health.live, name="health_live"),
 ]
 
 if settings.IS_LOGIN_SERVER:
