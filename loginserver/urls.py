@@ -1,2 +1,10 @@
+from django.urls import path
+
+from . import api
+
 app_name = "loginserver"
-urlpatterns: list = []
+urlpatterns = [
+    path("api/v1/enrol", api.enrol, name="enrol"),
+    path("api/v1/report", api.report, name="report"),
+    path("api/v1/directory", api.directory_view, name="directory"),
+]

@@ -1,0 +1,152 @@
+"""Login server API v1: enrol, report, directory. Callers are office nodes.
+
+All bodies are UTF-8 JSON. Every error is `{"error": {"code": "...", "message": "..."}}`
+with a 4xx status; the codes are stable.
+
+Signed requests (report, directory) carry, as in peers.protocol.sign_request:
+
+    Authorization: P2P-Node node="hq",ts="1767000000",nonce="<32 hex>",sig="<b64>"
+
+where sig is the node key's ed25519 signature over
+
+    b"p2psocial/v1/request\\x00" + "\\n".join([METHOD, PATH_WITH_QUERY, node, ts, nonce,
+                                            sha256_hex(body)])
+
+(for a GET the body is empty). Refusals: missing_signature / bad_auth_header /
+stale_timestamp (more than REQUEST_MAX_SKEW_S off) / bad_signature / replayed_nonce
+(401), unknown_node / node_revoked (403), body_too_large (413).
+
+POST /api/v1/enrol (not signed by a known node; carries a one-time token)
+    request:  {"token": "<token from create_enrolment_token>", "name": "hq",
+               "url": "https://hq.example.com", "sign_key": "<b64 32-byte ed25519 public key>",
+               "proof": "<b64 signature>"}
+              proof = new node key's signature over
+              b"p2psocial/v1/enrol\\x00" + "\\n".join([token, name, url, sign_key_b64])
+    201:      {"login_server_key": "<b64 32 bytes>", "fingerprint": "<login server key
+               fingerprint>", "node": "hq", "node_fingerprint": "<fingerprint of sign_key>"}
+    refusals: token_invalid, token_used, token_expired, token_name_mismatch (403),
+              node_exists (409), bad_proof, malformed_json, missing_field, invalid_field (400).
+    The token is single use, bound to the node name, and expires after
+    ENROLMENT_TOKEN_LIFETIME_S. A refused enrolment writes nothing.
+
+POST /api/v1/report (signed)
+    request:  {"url": "https://hq.example.com" (optional: the node's new public URL),
+               "users": [{"username": "alice", "sign_key": "<b64 32>", "box_key": "<b64 32>",
+                          "full_name": "Alice A.", "position": "CEO",
+                          "status": "online" | "away" | "offline",
+                          "last_seen": 1767000000 | null}, ...]}
+              The list is the node's complete set of users: users of this node that are
+              missing are removed from the directory.
+    200:      {"users": 2, "signed": 0, "presence_changed": 1, "removed": 0}
+    refusals: user_owned_by_other_node (409: a username enrolled by another node; nothing
+              of the report is stored), duplicate_user, invalid_field, missing_field,
+              malformed_json (400), too_many_users (413).
+    The login server signs a new user record when a user is new, their keys, name or
+    position or the node URL changed, or the record is past half its lifetime.
+
+GET /api/v1/directory (signed)
+    request headers: If-None-Match: "<etag of the copy the node holds>" (optional)
+    304:      no body, when the ETag is unchanged.
+    200:      headers ETag: "<32 hex>", X-P2P-Signature: <b64 signature by the login server
+              key over b"p2psocial/v1/directory\\x00" + exact body bytes>
+              body (canonical JSON: sorted keys, no spaces):
+              {"v": 1, "generated": 1767000000,
+               "nodes": [{"name": "hq", "url": "...", "sign_key": "<b64 32>",
+                          "active": true, "online": true}, ...],
+               "users": [{"record": "<b64 user record bytes>", "sig": "<b64 signature over
+                          b'p2psocial/v1/user-record\\x00' + record>",
+                          "status": "online" | "away" | "offline", "last_seen": int | null},
+                         ...]}
+              A user record is canonical JSON {"v", "username", "node", "node_url",
+              "sign_key", "box_key", "full_name", "position", "issued", "expires"}
+              (peers.protocol.make_user_record). Revoked nodes and their users are absent;
+              the users of a node that has not reported for NODE_OFFLINE_AFTER_S are
+              listed offline (last_seen = the node's last report).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from peers import protocol
+from peers.auth import KnownNode, authenticate, error_response, read_body, signed_endpoint
+
+from . import directory, services
+
+logger = logging.getLogger(__name__)
+
+
+def _refused(request: HttpRequest, error: protocol.ProtocolError) -> JsonResponse:
+    logger.warning(
+        "request refused",
+        extra={
+            "code": error.code,
+            "path": request.path,
+            "remote": request.META.get("REMOTE_ADDR"),
+        },
+    )
+    return error_response(error)
+
+
+@csrf_exempt
+def enrol(request: HttpRequest) -> JsonResponse:
+    if request.method != "POST":
+        return error_response(protocol.ProtocolError("method_not_allowed", "use POST", 405))
+    try:
+        obj = protocol.parse_json_object(read_body(request))
+        name = protocol.validate_node_name(protocol.require(obj, "name", str))
+        url = services.validate_url(protocol.require(obj, "url", str))
+        sign_key = protocol.b64d(
+            protocol.require(obj, "sign_key", str), field="sign_key", length=32
+        )
+        proof = protocol.b64d(protocol.require(obj, "proof", str), field="proof", length=64)
+        token = protocol.require(obj, "token", str)
+        node = services.enrol_node(token=token, name=name, url=url, sign_key=sign_key, proof=proof)
+    except protocol.ProtocolError as error:
+        return _refused(request, error)
+    server_key = bytes(services.server_signing_key().verify_key)
+    return JsonResponse(
+        {
+            "login_server_key": protocol.b64e(server_key),
+            "fingerprint": protocol.fingerprint(server_key),
+            "node": node.name,
+            "node_fingerprint": protocol.fingerprint(bytes(node.sign_key)),
+        },
+        status=201,
+    )
+
+
+@signed_endpoint(services.resolve_node)
+def report(request: HttpRequest, node: KnownNode) -> dict:
+    parsed = services.parse_report(request.signed_body)
+    result = services.accept_report(node=node.obj, report=parsed)
+    return {
+        "users": result.users,
+        "signed": result.signed,
+        "presence_changed": result.presence_changed,
+        "removed": result.removed,
+    }
+
+
+@csrf_exempt
+def directory_view(request: HttpRequest) -> HttpResponse:
+    if request.method != "GET":
+        return error_response(protocol.ProtocolError("method_not_allowed", "use GET", 405))
+    try:
+        body = read_body(request)
+        with transaction.atomic():
+            authenticate(request, body, services.resolve_node)
+    except protocol.ProtocolError as error:
+        return _refused(request, error)
+    snap = directory.snapshot()
+    if request.headers.get("If-None-Match") == snap.etag:
+        return HttpResponse(status=304, headers={"ETag": snap.etag})
+    return HttpResponse(
+        snap.body,
+        content_type="application/json",
+        headers={"ETag": snap.etag, "X-P2P-Signature": snap.signature},
+    )

@@ -1,0 +1,109 @@
+"""The directory answer: every active node and user record, signed, cached per version.
+
+Building it costs one pass over the records; answering an unchanged directory costs one
+indexed read of the version token. A node that stops reporting turns offline when its
+deadline passes, which also invalidates the cached answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.utils import timezone
+
+from peers import protocol
+
+from .models import DirectoryVersion, Node, UserRecord
+from .services import server_signing_key
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    version: str
+    valid_until: float  # unix seconds: the first moment a node may turn offline
+    body: bytes
+    signature: str
+    etag: str
+
+
+_cache: dict[str, Snapshot] = {}
+
+
+def _ts(moment: datetime | None) -> int | None:
+    return None if moment is None else int(moment.timestamp())
+
+
+def current_version() -> str:
+    return DirectoryVersion.objects.filter(pk=1).values_list("token", flat=True).first() or ""
+
+
+def build(version: str, now: datetime) -> Snapshot:
+    """Encode and sign the directory as of now."""
+    offline_after = settings.NODE_OFFLINE_AFTER_S
+    valid_until = float("inf")
+    nodes = []
+    online: dict[int, bool] = {}
+    last_report: dict[int, int | None] = {}
+    for node in Node.objects.filter(active=True).order_by("name"):
+        is_online = False
+        if node.last_report_at is not None:
+            deadline = node.last_report_at.timestamp() + offline_after
+            is_online = deadline >= now.timestamp()
+            if is_online:
+                valid_until = min(valid_until, deadline)
+        online[node.pk] = is_online
+        last_report[node.pk] = _ts(node.last_report_at)
+        nodes.append(
+            {
+                "name": node.name,
+                "url": node.url,
+                "sign_key": protocol.b64e(bytes(node.sign_key)),
+                "active": True,
+                "online": is_online,
+            }
+        )
+    users = []
+    rows = (
+        UserRecord.objects.filter(node__active=True)
+        .order_by("username")
+        .values_list("node_id", "record", "record_sig", "status", "last_seen")
+    )
+    for node_id, record, record_sig, status, last_seen in rows:
+        if not online[node_id]:
+            if status != "offline":
+                last_seen = last_report[node_id]
+            status = "offline"
+        users.append(
+            {
+                "record": protocol.b64e(bytes(record)),
+                "sig": protocol.b64e(bytes(record_sig)),
+                "status": status,
+                "last_seen": last_seen,
+            }
+        )
+    body = protocol.canonical_json(
+        {"v": protocol.VERSION, "generated": int(now.timestamp()), "nodes": nodes, "users": users}
+    )
+    signature = protocol.b64e(protocol.sign_directory(server_signing_key(), body))
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    return Snapshot(version, valid_until, body, signature, etag)
+
+
+def snapshot() -> Snapshot:
+    """The current directory, rebuilt only when the version changed or a node went stale."""
+    version = current_version()
+    now = timezone.now()
+    cached = _cache.get("directory")
+    if (
+        cached is not None
+        and version
+        and cached.version == version
+        and now.timestamp() < cached.valid_until
+    ):
+        return cached
+    fresh = build(version, now)
+    _cache["directory"] = fresh
+    return fresh

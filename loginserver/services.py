@@ -1,0 +1,350 @@
+"""Every write of the login server: its key, enrolment, reports, revocation."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from nacl.signing import SigningKey
+
+from accounts.crypto import decrypt_at_rest, encrypt_at_rest
+from peers import protocol
+from peers.auth import KnownNode
+from peers.protocol import ProtocolError
+
+from .models import DirectoryVersion, EnrolmentToken, Node, ServerKey, UserRecord
+
+logger = logging.getLogger(__name__)
+
+STATUSES = frozenset({"online", "away", "offline"})
+MAX_TOKEN_CHARS = 200
+MAX_URL_CHARS = 300
+MAX_TEXT_CHARS = 150
+
+
+# --- the login server's own key ------------------------------------------------------
+@lru_cache(maxsize=4)
+def _decrypt_key(blob: bytes) -> SigningKey:
+    return SigningKey(decrypt_at_rest(blob))
+
+
+def server_signing_key() -> SigningKey:
+    """The login server's ed25519 key, created (encrypted at rest) on first use."""
+    row = ServerKey.objects.filter(pk=1).first()
+    if row is None:
+        key = SigningKey.generate()
+        ServerKey.objects.bulk_create(
+            [
+                ServerKey(
+                    pk=1,
+                    sign_public=bytes(key.verify_key),
+                    sign_private_encrypted=encrypt_at_rest(bytes(key)),
+                )
+            ],
+            ignore_conflicts=True,
+        )
+        row = ServerKey.objects.get(pk=1)
+        logger.info("login server key created")
+    return _decrypt_key(bytes(row.sign_private_encrypted))
+
+
+def server_fingerprint() -> str:
+    return protocol.fingerprint(bytes(server_signing_key().verify_key))
+
+
+# --- the directory version -----------------------------------------------------------
+def bump_directory_version() -> None:
+    """Mark the directory changed; every process rebuilds its cached answer on next read."""
+    DirectoryVersion.objects.bulk_create([DirectoryVersion(pk=1)], ignore_conflicts=True)
+    DirectoryVersion.objects.filter(pk=1).update(token=uuid.uuid4().hex)
+
+
+# --- enrolment -------------------------------------------------------------------------
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def validate_url(url: object, *, field: str = "url") -> str:
+    """An absolute http(s) URL without query or fragment, returned without a trailing slash."""
+    if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
+        raise ProtocolError("invalid_field", f"{field} must be an http(s) URL")
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.query or parts.fragment:
+        raise ProtocolError("invalid_field", f"{field} must be an http(s) URL")
+    return url.rstrip("/")
+
+
+def create_enrolment_token(*, node_name: str) -> tuple[EnrolmentToken, str]:
+    """A one-time token for node_name; the plain token is returned once and never stored."""
+    protocol.validate_node_name(node_name)
+    token = secrets.token_urlsafe(32)
+    row = EnrolmentToken.objects.create(
+        node_name=node_name,
+        token_hash=_token_hash(token),
+        expires_at=timezone.now() + timedelta(seconds=settings.ENROLMENT_TOKEN_LIFETIME_S),
+    )
+    logger.info("enrolment token created", extra={"node": node_name, "token_id": row.pk})
+    return row, token
+
+
+def enrol_node(*, token: str, name: str, url: str, sign_key: bytes, proof: bytes) -> Node:
+    """Register a node with a valid one-time token and proof of its key; all or nothing."""
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
+        raise ProtocolError("token_invalid", "unknown enrolment token", 403)
+    now = timezone.now()
+    with transaction.atomic():
+        row = EnrolmentToken.objects.filter(token_hash=_token_hash(token)).first()
+        if row is None:
+            raise ProtocolError("token_invalid", "unknown enrolment token", 403)
+        if row.used_at is not None:
+            raise ProtocolError("token_used", "this enrolment token was already used", 403)
+        if row.expires_at <= now:
+            raise ProtocolError("token_expired", "this enrolment token has expired", 403)
+        if row.node_name != name:
+            raise ProtocolError(
+                "token_name_mismatch", "this enrolment token is for another node name", 403
+            )
+        protocol.verify_enrolment(sign_key, proof, token=token, name=name, url=url)
+        if Node.objects.filter(name=name).exists():
+            raise ProtocolError("node_exists", "a node with this name is already enrolled", 409)
+        node = Node.objects.create(name=name, url=url, sign_key=sign_key)
+        claimed = EnrolmentToken.objects.filter(pk=row.pk, used_at__isnull=True).update(
+            used_at=now, used_by=node
+        )
+        if not claimed:
+            raise ProtocolError("token_used", "this enrolment token was already used", 403)
+        bump_directory_version()
+    logger.info("node enrolled", extra={"node": name, "url": url})
+    return node
+
+
+def resolve_node(name: str) -> KnownNode:
+    """The signed-request resolver: enrolled, active nodes only."""
+    node = Node.objects.filter(name=name).first()
+    if node is None:
+        raise ProtocolError("unknown_node", "this node is not enrolled", 403)
+    if not node.active:
+        raise ProtocolError("node_revoked", "this node was revoked", 403)
+    return KnownNode(name=node.name, verify_key=bytes(node.sign_key), obj=node)
+
+
+def revoke_node(*, name: str) -> Node:
+    """Refuse everything the node sends from now on and hide it and its users."""
+    with transaction.atomic():
+        node = Node.objects.filter(name=name).first()
+        if node is None:
+            raise ProtocolError("unknown_node", f"no node named {name!r}", 404)
+        if node.active:
+            node.active = False
+            node.revoked_at = timezone.now()
+            node.save(update_fields=["active", "revoked_at"])
+            bump_directory_version()
+    logger.warning("node revoked", extra={"node": name})
+    return node
+
+
+# --- reports ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReportedUser:
+    username: str
+    sign_key: bytes
+    box_key: bytes
+    full_name: str
+    position: str
+    status: str
+    last_seen: int | None
+
+
+@dataclass(frozen=True)
+class Report:
+    url: str | None
+    users: list[ReportedUser]
+
+
+def _text(obj: dict, field: str) -> str:
+    value = obj.get(field, "")
+    if not isinstance(value, str) or len(value) > MAX_TEXT_CHARS:
+        raise ProtocolError("invalid_field", f"{field} must be a string of at most 150 characters")
+    return value
+
+
+def parse_report(body: bytes) -> Report:
+    """Parse and validate a report body; any bad field refuses the whole report."""
+    obj = protocol.parse_json_object(body)
+    url = obj.get("url")
+    if url is not None:
+        url = validate_url(url)
+    entries = protocol.require(obj, "users", list)
+    if len(entries) > settings.REPORT_MAX_USERS:
+        raise ProtocolError(
+            "too_many_users", f"a report may carry at most {settings.REPORT_MAX_USERS} users", 413
+        )
+    users: list[ReportedUser] = []
+    seen: set[str] = set()
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ProtocolError("invalid_field", "each user must be an object")
+        username = protocol.validate_username(protocol.require(entry, "username", str))
+        if username in seen:
+            raise ProtocolError("duplicate_user", f"{username} is listed twice")
+        seen.add(username)
+        status = protocol.require(entry, "status", str)
+        if status not in STATUSES:
+            raise ProtocolError("invalid_field", "status must be online, away or offline")
+        last_seen = entry.get("last_seen")
+        if last_seen is not None and (
+            isinstance(last_seen, bool) or not isinstance(last_seen, int) or last_seen < 0
+        ):
+            raise ProtocolError("invalid_field", "last_seen must be unix seconds or null")
+        users.append(
+            ReportedUser(
+                username=username,
+                sign_key=protocol.b64d(entry.get("sign_key"), field="sign_key", length=32),
+                box_key=protocol.b64d(entry.get("box_key"), field="box_key", length=32),
+                full_name=_text(entry, "full_name"),
+                position=_text(entry, "position"),
+                status=status,
+                last_seen=last_seen,
+            )
+        )
+    return Report(url=url, users=users)
+
+
+def _sign_record(row: UserRecord, node: Node, key: SigningKey, now_s: int) -> None:
+    row.issued = now_s
+    row.expires = now_s + settings.USER_RECORD_LIFETIME_S
+    row.record = protocol.make_user_record(
+        username=row.username,
+        node=node.name,
+        node_url=node.url,
+        sign_key=bytes(row.sign_key),
+        box_key=bytes(row.box_key),
+        full_name=row.full_name,
+        position=row.position,
+        issued=row.issued,
+        expires=row.expires,
+    )
+    row.record_sig = protocol.sign_user_record(key, row.record)
+
+
+def _node_is_online(node: Node, now: datetime) -> bool:
+    return (
+        node.last_report_at is not None
+        and (now - node.last_report_at).total_seconds() <= settings.NODE_OFFLINE_AFTER_S
+    )
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    users: int
+    signed: int
+    presence_changed: int
+    removed: int
+
+
+def accept_report(*, node: Node, report: Report) -> ReportResult:
+    """Store a node's users and presence in one transaction; re-sign only what changed.
+
+    The report is the node's complete list: its users missing from it are removed. A
+    username that belongs to another node refuses the whole report.
+    """
+    now = timezone.now()
+    now_s = int(now.timestamp())
+    renew_before = now_s + settings.USER_RECORD_LIFETIME_S // 2
+    names = [u.username for u in report.users]
+    with transaction.atomic():
+        existing = {r.username: r for r in UserRecord.objects.filter(username__in=names)}
+        foreign = sorted(n for n, r in existing.items() if r.node_id != node.pk)
+        if foreign:
+            raise ProtocolError(
+                "user_owned_by_other_node", f"{foreign[0]} belongs to another node", 409
+            )
+        visible_change = not _node_is_online(node, now)
+        url_changed = report.url is not None and report.url != node.url
+        if url_changed:
+            node.url = report.url
+            visible_change = True
+        node.last_report_at = now
+        Node.objects.filter(pk=node.pk).update(url=node.url, last_report_at=now)
+
+        key: SigningKey | None = None
+        created: list[UserRecord] = []
+        resigned: list[UserRecord] = []
+        presence: list[UserRecord] = []
+        for user in report.users:
+            row = existing.get(user.username)
+            if row is None:
+                row = UserRecord(
+                    username=user.username,
+                    node=node,
+                    sign_key=user.sign_key,
+                    box_key=user.box_key,
+                    full_name=user.full_name,
+                    position=user.position,
+                    status=user.status,
+                    last_seen=user.last_seen,
+                )
+                key = key or server_signing_key()
+                _sign_record(row, node, key, now_s)
+                created.append(row)
+                continue
+            identity = (user.sign_key, user.box_key, user.full_name, user.position)
+            current = (bytes(row.sign_key), bytes(row.box_key), row.full_name, row.position)
+            if identity != current or url_changed or row.expires < renew_before:
+                row.sign_key, row.box_key, row.full_name, row.position = identity
+                key = key or server_signing_key()
+                _sign_record(row, node, key, now_s)
+                row.updated_at = now
+                resigned.append(row)
+            # An online user's last_seen moves with every report; it is shown as "now"
+            # anyway, so it is only stored when the status changes or the user is idle.
+            if row.status != user.status or (
+                user.status != "online" and row.last_seen != user.last_seen
+            ):
+                row.status, row.last_seen = user.status, user.last_seen
+                row.updated_at = now
+                presence.append(row)
+
+        if created:
+            UserRecord.objects.bulk_create(created)
+        if resigned:
+            UserRecord.objects.bulk_update(
+                resigned,
+                [
+                    "sign_key",
+                    "box_key",
+                    "full_name",
+                    "position",
+                    "record",
+                    "record_sig",
+                    "issued",
+                    "expires",
+                    "updated_at",
+                ],
+            )
+        if presence:
+            UserRecord.objects.bulk_update(presence, ["status", "last_seen", "updated_at"])
+        removed, _ = UserRecord.objects.filter(node=node).exclude(username__in=names).delete()
+        if created or resigned or presence or removed or visible_change:
+            bump_directory_version()
+    result = ReportResult(
+        users=len(report.users),
+        signed=len(created) + len(resigned),
+        presence_changed=len(presence),
+        removed=removed,
+    )
+    if result.signed or result.removed:
+        logger.info(
+            "report changed records",
+            extra={"node": node.name, "signed": result.signed, "removed": result.removed},
+        )
+    return result
