@@ -1,0 +1,469 @@
+"""Measure the network: floors, latency, throughput, backlog, pages, login server.
+
+    .venv/bin/python -m bench.run [--quick] [--out bench/results/latest.json]
+
+Starts its own login server and two office nodes ("hq", "branch") with the production
+processes (uvicorn, Celery worker and beat, one Redis, SQLite in WAL mode) in a
+temporary folder, measures, prints a table and writes JSON (one object per figure:
+name, value, unit, parameters, and the ratio to the floor it is compared with).
+This process acts as hq's web process: it calls the same service the send view calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import requests
+
+from p2psocial.devnet import BASE_DIR, PYTHON, Network, wait_until
+
+PASSWORD = "bench-password-Xq9!"  # noqa: S105 - a throwaway network on loopback
+RESULTS = BASE_DIR / "bench" / "results"
+BENCH_SETTINGS = {
+    "P2P_LOG_LEVEL": "WARNING",
+    "P2P_DIRECTORY_FETCH_INTERVAL_S": "2",
+    "P2P_PRESENCE_REPORT_INTERVAL_S": "2",
+    "P2P_NODE_OFFLINE_AFTER_S": "8",
+    "P2P_OUTBOX_SWEEP_INTERVAL_S": "2",
+}
+
+
+class Figures:
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def add(
+        self,
+        name: str,
+        value: float | None,
+        unit: str,
+        floor: str | None = None,
+        floor_value: float | None = None,
+        target: str = "",
+        **parameters,
+    ) -> None:
+        ratio = None
+        if value is not None and floor_value:
+            ratio = round(value / floor_value, 1)
+        row = {"name": name, "value": None if value is None else round(value, 3), "unit": unit,
+               "ratio_to_floor": ratio, "floor": floor, "target": target,
+               "parameters": parameters}  # fmt: skip
+        self.rows.append(row)
+        shown = "n/a" if value is None else f"{value:,.2f}"
+        ratio_txt = f"x{ratio}" if ratio is not None else ""
+        print(f"  {name:<52} {shown:>12} {unit:<8} {ratio_txt:>8}  {target}", flush=True)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def ts(value: str) -> float:
+    """A Django SQLite datetime column (UTC) as unix seconds."""
+    return datetime.fromisoformat(value).replace(tzinfo=timezone.utc).timestamp()
+
+
+def reader(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=20, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout=20000")
+    return conn
+
+
+# --- floors ----------------------------------------------------------------------------
+def floor_celery(n: int) -> list[float]:
+    from p2psocial import redis_client
+    from p2psocial.celery import app
+
+    r = redis_client.get()
+    times = []
+    for _ in range(n):
+        key = f"bench:echo:{uuid.uuid4().hex}"
+        t0 = time.perf_counter()
+        app.send_task("p2psocial.tasks.echo", args=[key])
+        r.blpop([key], timeout=10)
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def floor_http(url: str, n: int) -> list[float]:
+    session = requests.Session()
+    session.get(url + "/health/live", timeout=5)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        session.get(url + "/health/live", timeout=5).raise_for_status()
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def floor_sqlite(folder: Path, n: int) -> list[float]:
+    conn = sqlite3.connect(folder / "floor.sqlite3", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v BLOB)")
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t (v) VALUES (?)", (os.urandom(200),))
+        conn.execute("COMMIT")
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+# --- message path ----------------------------------------------------------------------
+class MessagePath:
+    """hq's service layer in this process, branch's database read-only."""
+
+    def __init__(self, net: Network):
+        self.net = net
+        self.hq_db = reader(net.node("hq").data_dir / "db.sqlite3")
+        self.branch_db = reader(net.node("branch").data_dir / "db.sqlite3")
+
+    def send(self, sender, recipient: str, text: str):
+        from messaging.services import send_message
+
+        return send_message(sender=sender, recipient_username=recipient, text=text)
+
+    def stored_at(self, envelope_id: uuid.UUID) -> float | None:
+        row = self.branch_db.execute(
+            "SELECT stored_at FROM messaging_message WHERE envelope_id=? AND direction='in'",
+            (envelope_id.hex,),
+        ).fetchone()
+        return ts(row[0]) if row else None
+
+    def delivered_at(self, envelope_id: uuid.UUID) -> float | None:
+        row = self.hq_db.execute(
+            "SELECT delivered_at FROM messaging_message WHERE envelope_id=? AND direction='out'",
+            (envelope_id.hex,),
+        ).fetchone()
+        return ts(row[0]) if row and row[0] else None
+
+    def delivered_count(self, ids: list[str]) -> int:
+        total = 0
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            marks = ",".join("?" * len(chunk))
+            total += self.hq_db.execute(
+                f"SELECT COUNT(*) FROM messaging_message WHERE direction='out' "  # noqa: S608
+                f"AND delivered_at IS NOT NULL AND envelope_id IN ({marks})",
+                chunk,
+            ).fetchone()[0]
+        return total
+
+    def received_count(self, ids: list[str]) -> tuple[int, int]:
+        """(distinct envelopes stored on branch, rows stored on branch) for these ids."""
+        distinct = rows = 0
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            marks = ",".join("?" * len(chunk))
+            d, n = self.branch_db.execute(
+                f"SELECT COUNT(DISTINCT envelope_id), COUNT(*) FROM messaging_message "  # noqa: S608
+                f"WHERE direction='in' AND envelope_id IN ({marks})",
+                chunk,
+            ).fetchone()
+            distinct += d
+            rows += n
+        return distinct, rows
+
+
+def measure_latency(path: MessagePath, sender, n: int) -> tuple[list[float], list[float]]:
+    stored, delivered = [], []
+    for i in range(n):
+        t0 = time.time()
+        message = path.send(sender, "rcv1", f"latency probe {i} ✓ 👩‍💻")
+        t_stored = wait_until(
+            lambda m=message: path.stored_at(m.envelope_id),
+            timeout=30,
+            message="message stored on branch",
+            interval=0.0005,
+        )
+        t_delivered = wait_until(
+            lambda m=message: path.delivered_at(m.envelope_id),
+            timeout=30,
+            message="delivered on hq",
+            interval=0.0005,
+        )
+        stored.append((t_stored - t0) * 1000)
+        delivered.append((t_delivered - t0) * 1000)
+    return stored, delivered
+
+
+def send_many(path: MessagePath, senders: list, n: int, threads: int) -> list[str]:
+    ids: list[str] = []
+    lock = threading.Lock()
+    per = n // threads
+
+    def run(index: int) -> None:
+        from django.db import connection
+
+        sender = senders[index % len(senders)]
+        mine = []
+        try:
+            for i in range(per):
+                message = path.send(sender, f"rcv{1 + index % 4}", f"bulk {index}/{i}")
+                mine.append(message.envelope_id.hex)
+        finally:
+            connection.close()
+        with lock:
+            ids.extend(mine)
+
+    workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return ids
+
+
+def wait_delivered(path: MessagePath, ids: list[str], timeout: float) -> float:
+    wait_until(
+        lambda: path.delivered_count(ids) == len(ids),
+        timeout=timeout,
+        message=f"{len(ids)} messages delivered",
+        interval=0.05,
+    )
+    return time.time()
+
+
+# --- pages ---------------------------------------------------------------------------
+def page_times(session: requests.Session, url: str, n: int) -> list[float]:
+    session.get(url, timeout=30).raise_for_status()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        response = session.get(url, timeout=30)
+        times.append((time.perf_counter() - t0) * 1000)
+        response.raise_for_status()
+    return times
+
+
+def seed_conversation(owner, peer: str, count: int) -> None:
+    from messaging.models import Message
+
+    now_ms = int(time.time() * 1000)
+    rows = [
+        Message(
+            envelope_id=uuid.uuid4(), kind="message", owner=owner, peer_username=peer,
+            sender_username=owner.username if i % 2 else peer,
+            recipient_username=peer if i % 2 else owner.username,
+            direction="out" if i % 2 else "in", text=f"history {i} — ünïcödé 🎉",
+            created_ms=now_ms - (count - i) * 1000,
+            status="read", read_at=datetime.now(timezone.utc),
+        )
+        for i in range(count)
+    ]  # fmt: skip
+    Message.objects.bulk_create(rows, batch_size=1000)
+
+
+def seed_directory(nodes: int, people: int) -> None:
+    from peers.models import DirectoryUser, PeerNode
+
+    statuses = ["online", "away", "offline"]
+    peer_nodes = [
+        PeerNode.objects.create(name=f"bench-{i}", url=f"http://127.0.0.1:9/{i}",
+                                sign_key=os.urandom(32), active=True, online=i % 3 != 0)
+        for i in range(nodes)
+    ]  # fmt: skip
+    DirectoryUser.objects.bulk_create(
+        [
+            DirectoryUser(
+                username=f"person{i}", node=peer_nodes[i % nodes], sign_key=os.urandom(32),
+                box_key=os.urandom(32), full_name=f"Person {i} Ωμέγα", position="Director",
+                record=b"{}", record_sig=os.urandom(64), status=statuses[i % 3],
+                last_seen=datetime.now(timezone.utc),
+            )
+            for i in range(people)
+        ],
+        batch_size=500,
+    )  # fmt: skip
+
+
+def run_loginserver_load(net: Network, *, nodes: int, reports: int) -> dict:
+    script = BASE_DIR / "bench" / "loginserver_load.py"
+    result = subprocess.run(
+        [PYTHON, str(script), "--url", net.login_server.url, "--nodes", str(nodes),
+         "--reports", str(reports)],
+        env=net.login_server.env, cwd=BASE_DIR, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"login server load failed:\n{result.stdout}\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# --- main ------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts, under 2 minutes")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary network folder")
+    args = parser.parse_args(argv)
+    q = args.quick
+    n_floor = 200 if q else 1000
+    n_latency = 100 if q else 500
+    n_throughput = 2000 if q else 10000
+    n_backlog = 2000 if q else 10000
+    n_history = 10000
+    n_pages = 30 if q else 100
+
+    figures = Figures()
+    started = time.time()
+    root = Path(tempfile.mkdtemp(prefix="p2psocial-bench-"))
+    print(f"bench: network in {root}", flush=True)
+    with Network(root, nodes=("hq", "branch"), settings=BENCH_SETTINGS) as net:
+        hq, branch = net.node("hq"), net.node("branch")
+        secrets_by_user = {}
+        for i in range(1, 5):
+            secrets_by_user[f"snd{i}"] = net_create(net, "hq", f"snd{i}")
+            net_create(net, "branch", f"rcv{i}")
+
+        # This process becomes hq's web process: same settings, same database, same broker.
+        os.environ.update(hq.env)
+        import django
+
+        django.setup()
+        from accounts.models import User
+        from peers.models import DirectoryUser
+
+        wait_until(lambda: DirectoryUser.objects.filter(username="rcv4").exists(), timeout=60,
+                   message="hq's directory lists branch's people")  # fmt: skip
+        senders = list(User.objects.filter(username__startswith="snd").order_by("username"))
+
+        print("\nfloors (same machine, same run)")
+        f_celery = statistics.median(floor_celery(n_floor))
+        f_http = statistics.median(floor_http(branch.url, n_floor))
+        f_sqlite = statistics.median(floor_sqlite(root, n_floor))
+        figures.add("floor: empty Celery task round trip p50", f_celery, "ms", n=n_floor)
+        figures.add("floor: keep-alive HTTP to an empty view p50", f_http, "ms", n=n_floor)
+        figures.add("floor: one SQLite WAL commit p50", f_sqlite, "ms", n=n_floor)
+        floor_path = f_celery + f_http + f_sqlite
+
+        print("\nmessage path")
+        path = MessagePath(net)
+        path.send(senders[0], "rcv1", "warm-up")
+        stored, delivered = measure_latency(path, senders[0], n_latency)
+        for label, values, target in (
+            ("send -> stored on recipient node", stored, "p50<=15 p99<=50"),
+            ("send -> sender sees delivered", delivered, "p50<=20 p99<=60"),
+        ):
+            for p in (50, 99):
+                figures.add(f"{label} p{p}", pct(values, p), "ms", "celery+http+sqlite",
+                            floor_path, target=target, n=n_latency)  # fmt: skip
+
+        t0 = time.time()
+        ids = send_many(path, senders, n_throughput, threads=4)
+        t_sent = time.time()
+        t_done = wait_delivered(path, ids, timeout=600)
+        distinct, rows = path.received_count(ids)
+        figures.add("throughput hq -> branch, acknowledged", len(ids) / (t_done - t0), "msg/s",
+                    target=">=1000", n=len(ids), send_phase_s=round(t_sent - t0, 2))  # fmt: skip
+        figures.add("throughput: lost", len(ids) - distinct, "messages", target="0")
+        figures.add("throughput: duplicated", rows - distinct, "messages", target="0")
+
+        # Backlog: branch is down (all its processes), messages queue on hq.
+        branch.stop()
+        wait_until(lambda: not DirectoryUser.objects.filter(username="rcv1", node__online=True)
+                   .exists(), timeout=120, message="hq sees branch offline")  # fmt: skip
+        ids = send_many(path, senders, n_backlog, threads=4)
+        branch.start_web()
+        t_up = time.time()
+        branch.start_worker()
+        branch.start_beat()
+        t_done = wait_delivered(path, ids, timeout=600)
+        distinct, rows = path.received_count(ids)
+        figures.add(
+            "backlog drain after branch is back",
+            t_done - t_up,
+            "s",
+            target="<=20",
+            n=len(ids),
+            lost=len(ids) - distinct,
+            duplicated=rows - distinct,
+        )
+
+        print("\npages")
+        owner = senders[1]
+        seed_conversation(owner, "rcv2", n_history)
+        session = net_login(net, "hq", owner.username, secrets_by_user[owner.username])
+        times = page_times(session, f"{hq.url}/chat/rcv2/", n_pages)
+        figures.add("conversation page, 10,000 messages of history p50", pct(times, 50), "ms",
+                    "http floor", f_http, target="<=50", n=n_pages)  # fmt: skip
+        hq.stop_beat()  # keep the seeded directory while the users page is measured
+        seed_directory(nodes=20, people=1000)
+        times = page_times(session, f"{hq.url}/users/", n_pages)
+        figures.add("users page, 1,000 people across 20 nodes p50", pct(times, 50), "ms",
+                    "http floor", f_http, target="<=50", n=n_pages)  # fmt: skip
+
+        print("\nlogin server")
+        load = run_loginserver_load(net, nodes=100, reports=1000 if q else 5000)
+        figures.add("login server: signed presence reports (100 nodes)", load["reports_per_s"],
+                    "reports/s", target=">=1000", **load["parameters"])  # fmt: skip
+        figures.add("login server: unchanged directory answered 304 p50", load["etag_304_p50_ms"],
+                    "ms", "http floor", f_http, target="<=2")  # fmt: skip
+
+        figures.add("one 50 MB file A -> B", None, "MB/s", target=">=50",
+                    note="not measured: file transfer ([files]) is not built yet")  # fmt: skip
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mode": "quick" if q else "full",
+        "duration_s": round(time.time() - started, 1),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "figures": figures.rows,
+    }
+    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    print(f"\nwrote {args.out} ({result['duration_s']} s)")
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+def net_create(net: Network, node: str, username: str) -> str:
+    import base64
+    import secrets
+
+    secret = base64.b32encode(secrets.token_bytes(20)).decode()
+    net.node(node).manage("create_person", username, "--password-stdin", "--totp-secret", secret,
+                          "--full-name", username.title(), input=PASSWORD + "\n")  # fmt: skip
+    return secret
+
+
+def net_login(net: Network, node: str, username: str, secret: str) -> requests.Session:
+    import re
+
+    from django_otp.oath import totp
+
+    base = net.node(node).url
+    session = requests.Session()
+    page = session.get(f"{base}/login/", timeout=10)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    page = session.post(f"{base}/login/", data={"csrfmiddlewaretoken": token,
+                        "username": username, "password": PASSWORD}, timeout=10)  # fmt: skip
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    import base64
+
+    code = f"{totp(base64.b32decode(secret)):06d}"
+    page = session.post(f"{base}/login/code/", data={"csrfmiddlewaretoken": token, "code": code},
+                        timeout=10)  # fmt: skip
+    page.raise_for_status()
+    return session
+
+
+if __name__ == "__main__":
+    sys.exit(main())
