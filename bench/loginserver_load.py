@@ -131,7 +131,7 @@ def main() -> None:
                     "client_threads": args.threads,
                 },
             }
-        )  # fmt: skip
+        )
     )
 
 

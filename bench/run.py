@@ -29,7 +29,7 @@ import requests
 
 from p2psocial.devnet import BASE_DIR, PYTHON, Network, wait_until
 
-PASSWORD = "bench-password-Xq9!"  # noqa: S105 - a throwaway network on loopback
+PASSWORD = "bench-password-Xq9!"
 RESULTS = BASE_DIR / "bench" / "results"
 BENCH_SETTINGS = {
     "P2P_LOG_LEVEL": "WARNING",
@@ -68,7 +68,7 @@ class Figures:
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def ts(value: str) -> float:
@@ -158,7 +158,7 @@ class MessagePath:
             chunk = ids[i : i + 900]
             marks = ",".join("?" * len(chunk))
             total += self.hq_db.execute(
-                f"SELECT COUNT(*) FROM messaging_message WHERE direction='out' "  # noqa: S608
+                f"SELECT COUNT(*) FROM messaging_message WHERE direction='out' "
                 f"AND delivered_at IS NOT NULL AND envelope_id IN ({marks})",
                 chunk,
             ).fetchone()[0]
@@ -171,7 +171,7 @@ class MessagePath:
             chunk = ids[i : i + 900]
             marks = ",".join("?" * len(chunk))
             d, n = self.branch_db.execute(
-                f"SELECT COUNT(DISTINCT envelope_id), COUNT(*) FROM messaging_message "  # noqa: S608
+                f"SELECT COUNT(DISTINCT envelope_id), COUNT(*) FROM messaging_message "
                 f"WHERE direction='in' AND envelope_id IN ({marks})",
                 chunk,
             ).fetchone()
