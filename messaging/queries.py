@@ -1,5 +1,97 @@
-"""Reads about messages and delivery."""
+"""Reads about messages and delivery: conversation pages, polling, health figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Min, Q
+from django.utils import timezone
+
+from accounts.models import User
+
+from .models import Message, Outbox
+
+PAGE_SIZE = 50
+STATUS_WINDOW = 200  # how many of one's latest sent messages a poll reports statuses for
 
 
-def delivery_health() -> dict:
-    return {}
+@dataclass(frozen=True)
+class ConversationPage:
+    messages: list[Message]  # oldest first, newest at the bottom
+    older_cursor: int | None  # message id to pass as ?before= for the previous page
+
+
+def _conversation(owner: User, peer_username: str):
+    return Message.objects.filter(owner=owner, peer_username=peer_username)
+
+
+def conversation_page(
+    *, owner: User, peer_username: str, before_id: int | None = None, size: int = PAGE_SIZE
+) -> ConversationPage:
+    """One page of a conversation ordered by the sender's time then id, newest last."""
+    messages = _conversation(owner, peer_username)
+    if before_id is not None:
+        anchor = messages.filter(id=before_id).values_list("created_ms", flat=True).first()
+        if anchor is not None:
+            messages = messages.filter(
+                Q(created_ms__lt=anchor) | Q(created_ms=anchor, id__lt=before_id)
+            )
+    newest_first = list(
+        messages.order_by("-created_ms", "-id").defer("sender_username", "recipient_username")[
+            : size + 1
+        ]
+    )
+    older = newest_first[size].id if len(newest_first) > size else None
+    page = newest_first[:size]
+    page.reverse()
+    return ConversationPage(messages=page, older_cursor=page[0].id if older and page else None)
+
+
+def messages_after(*, owner: User, peer_username: str, after_id: int, limit: int = 200) -> list:
+    """Messages of a conversation stored after the row after_id, in arrival order."""
+    return list(_conversation(owner, peer_username).filter(id__gt=after_id).order_by("id")[:limit])
+
+
+def recent_statuses(*, owner: User, peer_username: str) -> dict[int, str]:
+    """The status of one's latest sent messages in a conversation, by message id."""
+    rows = (
+        _conversation(owner, peer_username)
+        .filter(direction=Message.Direction.OUT)
+        .order_by("-id")
+        .values_list("id", "status")[:STATUS_WINDOW]
+    )
+    return dict(rows)
+
+
+def has_unread(*, owner: User, peer_username: str) -> bool:
+    return (
+        _conversation(owner, peer_username)
+        .filter(direction=Message.Direction.IN, read_at__isnull=True)
+        .exists()
+    )
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "envelope_id": str(message.envelope_id),
+        "direction": message.direction,
+        "text": message.text,
+        "created_ms": message.created_ms,
+        "status": message.status,
+        "error": message.error,
+    }
+
+
+def delivery_health() -> dict[str, Any]:
+    """Figures for /health: outbox depth, age of the oldest undelivered envelope, failures."""
+    pending = Outbox.objects.filter(failed_at__isnull=True)
+    oldest = pending.aggregate(oldest=Min("queued_at"))["oldest"]
+    return {
+        "outbox_queued": pending.count(),
+        "outbox_oldest_age_s": (
+            round((timezone.now() - oldest).total_seconds(), 1) if oldest else None
+        ),
+        "messages_failed": Message.objects.filter(status=Message.Status.FAILED).count(),
+    }

@@ -1,0 +1,114 @@
+"""Messages and the outbox in the admin: metadata only, never text or ciphertext."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from accounts.admin_site import admin_site
+
+from . import services
+from .models import DestinationState, Message, Outbox, ReceivedEnvelope
+
+
+@admin.action(description="Retry failed deliveries")
+def retry_failed_deliveries(modeladmin, request: HttpRequest, queryset: QuerySet) -> None:
+    if queryset.model is Outbox:
+        ids = [i for i in queryset.values_list("message_id", flat=True) if i]
+    else:
+        ids = list(queryset.values_list("id", flat=True))
+    count = services.retry_failed_messages(ids)
+    modeladmin.message_user(request, f"{count} failed message(s) queued again.", messages.SUCCESS)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(Message, site=admin_site)
+class MessageAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "envelope_id",
+        "direction",
+        "sender_username",
+        "recipient_username",
+        "status",
+        "stored_at",
+        "delivered_at",
+        "read_at",
+        "error",
+    )
+    list_filter = ("status", "direction", "kind")
+    search_fields = ("envelope_id", "sender_username", "recipient_username")
+    fields = (
+        "envelope_id",
+        "kind",
+        "owner",
+        "direction",
+        "sender_username",
+        "recipient_username",
+        "created_ms",
+        "status",
+        "stored_at",
+        "delivered_at",
+        "read_at",
+        "error",
+    )
+    readonly_fields = fields
+    actions = (retry_failed_deliveries,)
+    list_select_related = ()
+    show_full_result_count = False
+
+
+@admin.register(Outbox, site=admin_site)
+class OutboxAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id",
+        "envelope_id",
+        "kind",
+        "destination",
+        "attempts",
+        "queued_at",
+        "next_attempt_at",
+        "failed_at",
+        "last_error",
+    )
+    list_filter = ("destination", "kind")
+    search_fields = ("envelope_id", "destination")
+    fields = (
+        "envelope_id",
+        "kind",
+        "destination",
+        "message",
+        "attempts",
+        "queued_at",
+        "next_attempt_at",
+        "failed_at",
+        "last_error",
+    )
+    readonly_fields = fields
+    actions = (retry_failed_deliveries,)
+
+
+@admin.register(DestinationState, site=admin_site)
+class DestinationStateAdmin(ReadOnlyAdmin):
+    list_display = (
+        "node",
+        "consecutive_failures",
+        "next_attempt_at",
+        "last_success_at",
+        "last_error",
+    )
+
+
+@admin.register(ReceivedEnvelope, site=admin_site)
+class ReceivedEnvelopeAdmin(ReadOnlyAdmin):
+    list_display = ("envelope_id", "kind", "sender", "sender_node", "stored_at")
+    search_fields = ("envelope_id", "sender")
+    list_filter = ("kind", "sender_node")

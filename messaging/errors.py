@@ -1,0 +1,40 @@
+"""Typed refusals of the messaging services, each with a stable code."""
+
+from __future__ import annotations
+
+
+class MessagingError(Exception):
+    """A refusal a person can act on: a stable code, a readable message, an HTTP status."""
+
+    code = "messaging_error"
+    status = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class EmptyMessage(MessagingError):
+    code = "empty_message"
+
+
+class MessageTooLong(MessagingError):
+    code = "message_too_long"
+
+
+class InvalidText(MessagingError):
+    code = "invalid_text"
+
+
+class UnknownRecipient(MessagingError):
+    code = "unknown_recipient"
+    status = 404
+
+
+class CannotMessageSelf(MessagingError):
+    code = "cannot_message_self"
+
+
+class NotRetryable(MessagingError):
+    code = "not_retryable"
+    status = 409

@@ -1,0 +1,124 @@
+"""Messages, the outbox of envelopes to deliver, per-destination backoff, received envelopes."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Message(models.Model):
+    """One message as its local owner sees it: sent (out) or received (in).
+
+    A message between two people of this node is stored twice, once per owner, under
+    the same envelope id.
+    """
+
+    class Direction(models.TextChoices):
+        OUT = "out", "sent"
+        IN = "in", "received"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        DELIVERED = "delivered"
+        READ = "read"
+        FAILED = "failed"
+
+    envelope_id = models.UUIDField()
+    kind = models.CharField(max_length=16, default="message")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="messages"
+    )
+    peer_username = models.CharField(max_length=150, help_text="the other person")
+    sender_username = models.CharField(max_length=150)
+    recipient_username = models.CharField(max_length=150)
+    direction = models.CharField(max_length=3, choices=Direction.choices)
+    text = models.TextField()
+    created_ms = models.BigIntegerField(help_text="the sender's clock, ms since the epoch")
+    status = models.CharField(max_length=9, choices=Status.choices, default=Status.QUEUED)
+    stored_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["envelope_id", "direction"], name="unique_message_envelope_direction"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["owner", "peer_username", "created_ms", "id"], name="message_conversation"
+            ),
+            models.Index(
+                fields=["owner", "peer_username", "direction", "read_at"], name="message_unread"
+            ),
+            models.Index(fields=["status"], name="message_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.direction} {self.envelope_id}"
+
+
+class Outbox(models.Model):
+    """An envelope waiting for a signed acknowledgement from its destination node."""
+
+    envelope_id = models.UUIDField(unique=True)
+    kind = models.CharField(max_length=16)
+    destination = models.CharField(max_length=63, help_text="node name")
+    raw = models.BinaryField(help_text="the exact envelope bytes that were signed")
+    signature = models.BinaryField(max_length=64)
+    message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.CASCADE, related_name="outbox"
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    queued_at = models.DateTimeField(help_text="when sending (or the last manual retry) began")
+    next_attempt_at = models.DateTimeField()
+    failed_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        verbose_name_plural = "outbox"
+        indexes = [
+            models.Index(
+                fields=["destination", "id"],
+                name="outbox_pending",
+                condition=Q(failed_at__isnull=True),
+            ),
+            models.Index(
+                fields=["next_attempt_at"],
+                name="outbox_due",
+                condition=Q(failed_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.envelope_id} → {self.destination}"
+
+
+class DestinationState(models.Model):
+    """Backoff for one destination node: after failures, wait before the next attempt."""
+
+    node = models.CharField(max_length=63, unique=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=200, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.node
+
+
+class ReceivedEnvelope(models.Model):
+    """An envelope this node stored; the id and hash make redelivery exactly-once."""
+
+    envelope_id = models.UUIDField(unique=True)
+    sha256 = models.CharField(max_length=64)
+    kind = models.CharField(max_length=16)
+    sender = models.CharField(max_length=150)
+    sender_node = models.CharField(max_length=63)
+    stored_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return str(self.envelope_id)

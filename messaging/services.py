@@ -1,0 +1,837 @@
+"""Every write about messages: sending, delivering, receiving, read receipts, retries.
+
+Delivery follows Synapse's per-destination queue: the outbox in the database is the
+truth, one Celery task drains one destination node in signed batches, and a periodic
+sweeper re-enqueues whatever a lost task left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import redis
+import requests
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
+
+from accounts.keys import box_key_for, signing_key_for
+from accounts.models import User, UserKeys
+from p2psocial import redis_client
+from peers import protocol
+from peers.auth import KnownNode
+from peers.models import DirectoryUser, PeerNode
+
+from . import errors
+from .models import DestinationState, Message, Outbox, ReceivedEnvelope
+
+logger = logging.getLogger(__name__)
+
+INBOX_PATH = "/api/v1/inbox"
+DELIVER_TASK = "messaging.tasks.deliver_to_node"
+# A receiver may not know a new sender (or a sender's new keys) until its next directory
+# fetch: these per-envelope refusals are retried with backoff instead of failing at once.
+RETRYABLE_CODES = frozenset({"unknown_sender", "sender_not_on_node", "bad_envelope_signature"})
+READ_RECEIPT_MAX_IDS = 400  # keeps one receipt envelope well under MAX_ENVELOPE_BYTES
+MAX_BATCHES_PER_RUN = 200
+BATCH_BODY_HEADROOM_BYTES = 4096
+
+
+# --- small helpers ------------------------------------------------------------------------
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _local_node_name() -> str:
+    from peers.identity import local_node
+
+    return local_node().name
+
+
+def _node_signing_key():
+    from peers.identity import node_signing_key
+
+    return node_signing_key()
+
+
+def _scheduled_key(node: str) -> str:
+    return f"p2p:messaging:scheduled:{settings.CELERY_TASK_DEFAULT_QUEUE}:{node}"
+
+
+def _enqueue(node: str, *, force: bool = False) -> None:
+    """Start a delivery task for node, unless one is already waiting to start."""
+    from p2psocial.celery import app
+
+    try:
+        if not force and not redis_client.get().set(_scheduled_key(node), b"1", nx=True, ex=30):
+            return
+        app.send_task(DELIVER_TASK, args=[node])
+    except (redis.RedisError, BrokerError) as exc:
+        # The outbox row is committed: the sweeper enqueues it once Redis is back.
+        logger.warning("delivery not enqueued", extra={"node": node, "error": type(exc).__name__})
+
+
+def schedule_delivery(node: str) -> None:
+    """Enqueue delivery to node once the current transaction commits."""
+    transaction.on_commit(lambda: _enqueue(node))
+
+
+def backoff_delay_s(failures: int) -> float:
+    """Capped exponential backoff with jitter (half to full of the nominal delay)."""
+    nominal = settings.DELIVERY_BACKOFF_BASE_S * (2 ** min(max(failures - 1, 0), 30))
+    capped = min(settings.DELIVERY_BACKOFF_MAX_S, nominal)
+    return capped * random.uniform(0.5, 1.0)
+
+
+def validate_text(text: object) -> str:
+    """The text as typed, byte-exact; refused when empty, too long or not encodable."""
+    if not isinstance(text, str):
+        raise errors.InvalidText("The message must be text.")
+    if not text.strip():
+        raise errors.EmptyMessage("Write something before sending.")
+    if len(text) > settings.MESSAGE_MAX_CHARS:
+        raise errors.MessageTooLong(
+            f"A message may be at most {settings.MESSAGE_MAX_CHARS} characters "
+            f"(this one has {len(text)})."
+        )
+    if "\x00" in text:
+        raise errors.InvalidText("The message contains a NUL character.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.InvalidText("The message is not valid Unicode text.") from None
+    return text
+
+
+# --- sending ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recipient:
+    username: str
+    node: str
+    box_key: bytes
+
+
+def resolve_recipient(username: str) -> Recipient:
+    """Where a person lives and their public box key: this node's users first, then the
+    directory cache. Raises UnknownRecipient."""
+    from peers import directory
+
+    local_name = _local_node_name()
+    keys = (
+        UserKeys.objects.filter(user__username=username, user__is_active=True)
+        .only("box_public")
+        .first()
+    )
+    if keys is not None:
+        return Recipient(username, local_name, bytes(keys.box_public))
+    try:
+        entry = directory.lookup(username)
+    except directory.UnknownUser:
+        raise errors.UnknownRecipient(f"There is nobody called {username!r}.") from None
+    if entry.node.name == local_name:  # listed but no longer an account here
+        raise errors.UnknownRecipient(f"There is nobody called {username!r}.")
+    return Recipient(username, entry.node.name, bytes(entry.box_key))
+
+
+def _seal(
+    *,
+    sender: User,
+    recipient: Recipient,
+    kind: str,
+    payload: dict[str, Any],
+    envelope_id: str,
+    created_ms: int,
+) -> protocol.SignedEnvelope:
+    keys = sender.keys
+    return protocol.seal_envelope(
+        sender_sign_key=signing_key_for(keys),
+        sender_box_key=box_key_for(keys),
+        recipient_box_key=recipient.box_key,
+        envelope_id=envelope_id,
+        kind=kind,
+        sender=sender.username,
+        sender_node=_local_node_name(),
+        recipient=recipient.username,
+        recipient_node=recipient.node,
+        created_ms=created_ms,
+        payload=payload,
+    )
+
+
+def _outbox_row(
+    sealed: protocol.SignedEnvelope,
+    *,
+    envelope_id: str,
+    kind: str,
+    destination: str,
+    message: Message | None,
+) -> Outbox:
+    now = timezone.now()
+    return Outbox(
+        envelope_id=envelope_id,
+        kind=kind,
+        destination=destination,
+        raw=sealed.raw,
+        signature=sealed.signature,
+        message=message,
+        queued_at=now,
+        next_attempt_at=now,
+    )
+
+
+def send_message(*, sender: User, recipient_username: str, text: str) -> Message:
+    """Store the message and its sealed envelope in the outbox; delivery starts on commit."""
+    text = validate_text(text)
+    if recipient_username == sender.username:
+        raise errors.CannotMessageSelf("You cannot send a message to yourself.")
+    recipient = resolve_recipient(recipient_username)
+    envelope_id = protocol.new_envelope_id()
+    created_ms = _now_ms()
+    sealed = _seal(
+        sender=sender,
+        recipient=recipient,
+        kind="message",
+        payload={"text": text},
+        envelope_id=envelope_id,
+        created_ms=created_ms,
+    )
+    if len(sealed.raw) > protocol.MAX_ENVELOPE_BYTES:
+        raise errors.MessageTooLong("This message is too long to send; please shorten it.")
+    with transaction.atomic():
+        message = Message.objects.create(
+            envelope_id=envelope_id,
+            kind="message",
+            owner=sender,
+            peer_username=recipient.username,
+            sender_username=sender.username,
+            recipient_username=recipient.username,
+            direction=Message.Direction.OUT,
+            text=text,
+            created_ms=created_ms,
+            status=Message.Status.QUEUED,
+        )
+        _outbox_row(
+            sealed,
+            envelope_id=envelope_id,
+            kind="message",
+            destination=recipient.node,
+            message=message,
+        ).save()
+        schedule_delivery(recipient.node)
+    logger.info(
+        "message queued",
+        extra={"envelope": envelope_id, "node": recipient.node, "sender": sender.username},
+    )
+    return message
+
+
+def mark_conversation_read(*, viewer: User, peer_username: str) -> int:
+    """Mark the viewer's unread incoming messages from peer as read and queue read
+    receipts back to the peer's node. Returns how many messages became read."""
+    unread = Message.objects.filter(
+        owner=viewer,
+        peer_username=peer_username,
+        direction=Message.Direction.IN,
+        read_at__isnull=True,
+    )
+    ids = [str(i) for i in unread.order_by("id").values_list("envelope_id", flat=True)]
+    if not ids:
+        return 0
+    try:
+        recipient = resolve_recipient(peer_username)
+    except errors.UnknownRecipient:
+        recipient = None  # gone from the network: read here, nobody to tell
+    now = timezone.now()
+    with transaction.atomic():
+        count = unread.filter(envelope_id__in=ids).update(read_at=now, status=Message.Status.READ)
+        if recipient is not None:
+            rows = []
+            for start in range(0, len(ids), READ_RECEIPT_MAX_IDS):
+                envelope_id = protocol.new_envelope_id()
+                sealed = _seal(
+                    sender=viewer,
+                    recipient=recipient,
+                    kind="read",
+                    payload={"ids": ids[start : start + READ_RECEIPT_MAX_IDS]},
+                    envelope_id=envelope_id,
+                    created_ms=_now_ms(),
+                )
+                rows.append(
+                    _outbox_row(
+                        sealed,
+                        envelope_id=envelope_id,
+                        kind="read",
+                        destination=recipient.node,
+                        message=None,
+                    )
+                )
+            Outbox.objects.bulk_create(rows)
+            schedule_delivery(recipient.node)
+    return count
+
+
+def retry_message(*, owner: User, message_id: int) -> Message:
+    """Put a failed message of owner back in the queue with a fresh maximum age."""
+    message = Message.objects.filter(
+        id=message_id, owner=owner, direction=Message.Direction.OUT
+    ).first()
+    if message is None or message.status != Message.Status.FAILED:
+        raise errors.NotRetryable("Only a failed message can be sent again.")
+    retried = retry_failed_messages([message.id])
+    if not retried:
+        raise errors.NotRetryable("This message can no longer be sent again.")
+    message.refresh_from_db()
+    return message
+
+
+def retry_failed_messages(message_ids: list[int]) -> int:
+    """Re-queue failed outgoing messages (the admin action and the Retry button)."""
+    now = timezone.now()
+    with transaction.atomic():
+        rows = list(
+            Outbox.objects.filter(
+                message_id__in=message_ids, message__status=Message.Status.FAILED
+            ).values_list("id", "message_id", "destination")
+        )
+        if not rows:
+            return 0
+        Outbox.objects.filter(id__in=[r[0] for r in rows]).update(
+            failed_at=None, queued_at=now, next_attempt_at=now, attempts=0, last_error=""
+        )
+        Message.objects.filter(id__in=[r[1] for r in rows]).update(
+            status=Message.Status.QUEUED, error=""
+        )
+        destinations = {r[2] for r in rows}
+        DestinationState.objects.filter(node__in=destinations).update(
+            consecutive_failures=0, next_attempt_at=None
+        )
+        for node in sorted(destinations):
+            transaction.on_commit(lambda node=node: _enqueue(node, force=True))
+    logger.info("failed messages re-queued", extra={"count": len(rows)})
+    return len(rows)
+
+
+# --- receiving ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _SenderKeys:
+    node: str
+    sign_key: bytes
+    box_key: bytes
+
+
+def _sender_keys(usernames: set[str], *, from_node: str, local_node: str) -> dict:
+    if not usernames:
+        return {}
+    if from_node == local_node:
+        rows = UserKeys.objects.filter(user__username__in=usernames, user__is_active=True)
+        return {
+            k.user.username: _SenderKeys(local_node, bytes(k.sign_public), bytes(k.box_public))
+            for k in rows.select_related("user")
+        }
+    rows = DirectoryUser.objects.filter(username__in=usernames, listed=True).select_related("node")
+    return {d.username: _SenderKeys(d.node.name, bytes(d.sign_key), bytes(d.box_key)) for d in rows}
+
+
+def _check_text_payload(payload: dict[str, Any]) -> str:
+    text = payload.get("text")
+    try:
+        return validate_text(text)
+    except errors.MessagingError as error:
+        raise protocol.ProtocolError("invalid_payload", error.message) from None
+
+
+def _check_read_payload(payload: dict[str, Any]) -> list[str]:
+    ids = payload.get("ids")
+    if not isinstance(ids, list) or not 0 < len(ids) <= 1000:
+        raise protocol.ProtocolError("invalid_payload", "ids must be a list of 1-1000 ids")
+    checked = []
+    for value in ids:
+        try:
+            if not isinstance(value, str) or str(uuid.UUID(value)) != value:
+                raise ValueError
+        except ValueError:
+            raise protocol.ProtocolError("invalid_payload", "each id must be a UUID") from None
+        checked.append(value)
+    return checked
+
+
+@dataclass
+class _Accepted:
+    received: list[ReceivedEnvelope] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    reads: list[tuple[str, str, list[str]]] = field(default_factory=list)
+
+
+def accept_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) -> dict:
+    """Check, decrypt and store a batch from a node, each envelope exactly once.
+
+    Returns {"acks": [...], "errors": [...]}: a signed acknowledgement per stored (or
+    already stored) envelope, an error with a stable code per refused one.
+    """
+    local_name = _local_node_name()
+    node_key = _node_signing_key()
+    parsed = [i for i in items if i.envelope is not None]
+    senders = _sender_keys(
+        {i.envelope.sender for i in parsed}, from_node=from_node.name, local_node=local_name
+    )
+    recipients = {
+        k.user.username: k
+        for k in UserKeys.objects.filter(
+            user__username__in={i.envelope.recipient for i in parsed}, user__is_active=True
+        ).select_related("user")
+    }
+    known = dict(
+        (str(envelope_id), digest)
+        for envelope_id, digest in ReceivedEnvelope.objects.filter(
+            envelope_id__in=[i.envelope.id for i in parsed]
+        ).values_list("envelope_id", "sha256")
+    )
+    box_keys: dict[str, Any] = {}
+    accepted = _Accepted()
+    acks: list[dict[str, str]] = []
+    refusals: list[dict[str, Any]] = []
+    for item in items:
+        envelope = item.envelope
+        try:
+            if item.error is not None:
+                raise item.error
+            if envelope.sender_node != from_node.name:
+                raise protocol.ProtocolError(
+                    "sender_not_on_node", "the envelope's sender node is not the calling node"
+                )
+            sender = senders.get(envelope.sender)
+            if sender is None:
+                raise protocol.ProtocolError("unknown_sender", "the sender is not in the directory")
+            if sender.node != from_node.name:
+                raise protocol.ProtocolError(
+                    "sender_not_on_node", "the sender does not belong to the calling node"
+                )
+            protocol.verify_envelope(sender.sign_key, envelope.raw, item.signature)
+            if envelope.recipient_node != local_name:
+                raise protocol.ProtocolError(
+                    "wrong_recipient_node", "the envelope is addressed to another node"
+                )
+            recipient = recipients.get(envelope.recipient)
+            if recipient is None:
+                raise protocol.ProtocolError("unknown_recipient", "no such person on this node")
+            digest = protocol.sha256_hex(envelope.raw)
+            previous = known.get(envelope.id)
+            if previous is not None:
+                if previous != digest:
+                    raise protocol.ProtocolError(
+                        "id_conflict", "another envelope was already stored under this id", 409
+                    )
+                acks.append(protocol.sign_ack(node_key, envelope.id, envelope.raw))
+                continue
+            if envelope.recipient not in box_keys:
+                box_keys[envelope.recipient] = box_key_for(recipient)
+            payload = protocol.open_envelope(
+                envelope,
+                recipient_box_key=box_keys[envelope.recipient],
+                sender_box_key=sender.box_key,
+            )
+            _stage(accepted, envelope, payload, owner=recipient.user)
+            known[envelope.id] = digest
+            acks.append(protocol.sign_ack(node_key, envelope.id, envelope.raw))
+        except protocol.ProtocolError as error:
+            refusal: dict[str, Any] = {"index": item.index, **error.as_dict()}
+            if envelope is not None:
+                refusal["id"] = envelope.id
+            refusals.append(refusal)
+    _store(accepted)
+    logger.info(
+        "envelopes accepted",
+        extra={"node": from_node.name, "acks": len(acks), "refused": len(refusals)},
+    )
+    return {"acks": acks, "errors": refusals}
+
+
+def _stage(
+    accepted: _Accepted, envelope: protocol.Envelope, payload: dict[str, Any], *, owner: User
+) -> None:
+    if envelope.kind == "message":
+        text = _check_text_payload(payload)
+        accepted.messages.append(
+            Message(
+                envelope_id=envelope.id,
+                kind="message",
+                owner=owner,
+                peer_username=envelope.sender,
+                sender_username=envelope.sender,
+                recipient_username=envelope.recipient,
+                direction=Message.Direction.IN,
+                text=text,
+                created_ms=envelope.created_ms,
+                status=Message.Status.DELIVERED,
+                delivered_at=timezone.now(),
+            )
+        )
+    else:
+        accepted.reads.append((envelope.sender, envelope.recipient, _check_read_payload(payload)))
+    accepted.received.append(
+        ReceivedEnvelope(
+            envelope_id=envelope.id,
+            sha256=protocol.sha256_hex(envelope.raw),
+            kind=envelope.kind,
+            sender=envelope.sender,
+            sender_node=envelope.sender_node,
+        )
+    )
+
+
+def _store(accepted: _Accepted) -> None:
+    """Write a batch's accepted envelopes in one transaction."""
+    if not accepted.received:
+        return
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            ReceivedEnvelope.objects.bulk_create(accepted.received)
+            Message.objects.bulk_create(accepted.messages)
+            for reader, author, ids in accepted.reads:
+                _apply_read_receipt(reader=reader, author=author, ids=ids, now=now)
+    except IntegrityError:
+        # Another request stored one of these envelopes at the same moment: the
+        # sender retries and then gets the acknowledgement of the stored copy.
+        raise protocol.ProtocolError(
+            "conflict", "concurrent delivery, retry the batch", 409
+        ) from None
+
+
+def _apply_read_receipt(*, reader: str, author: str, ids: list[str], now) -> None:
+    """reader read these messages of author: only author's messages to reader change."""
+    read = Message.objects.filter(
+        direction=Message.Direction.OUT,
+        owner__username=author,
+        sender_username=author,
+        recipient_username=reader,
+        envelope_id__in=ids,
+    ).exclude(status=Message.Status.READ)
+    message_ids = list(read.values_list("id", flat=True))
+    if not message_ids:
+        return
+    Message.objects.filter(id__in=message_ids, delivered_at__isnull=True).update(delivered_at=now)
+    Message.objects.filter(id__in=message_ids).update(
+        status=Message.Status.READ, read_at=now, error=""
+    )
+    Outbox.objects.filter(message_id__in=message_ids).delete()
+
+
+# --- delivering ---------------------------------------------------------------------------
+@dataclass
+class DeliveryResult:
+    """What one deliver_pending run did; retry_in_s is set while the node is backing off."""
+
+    node: str
+    delivered: int = 0
+    failed: int = 0
+    batches: int = 0
+    retry_in_s: float | None = None
+    busy: bool = False
+    more: bool = False
+
+
+class _Unreachable(Exception):
+    """The whole batch did not get through (network, 5xx, refused batch, bad answer)."""
+
+
+@contextlib.contextmanager
+def _node_lock(node: str) -> Iterator[Any]:
+    """A Redis lock so that one worker at a time sends a node's queue.
+
+    Yields the lock, None when Redis is unavailable (delivery is idempotent, so going
+    on without it only risks duplicate work), or False when another worker holds it.
+    """
+    name = f"p2p:messaging:deliver-lock:{settings.CELERY_TASK_DEFAULT_QUEUE}:{node}"
+    try:
+        lock = redis_client.get().lock(name, timeout=settings.PEER_HTTP_TIMEOUT_S + 30)
+        acquired = lock.acquire(blocking=False)
+    except redis.RedisError as exc:
+        logger.warning("delivery lock unavailable", extra={"node": node, "error": str(exc)})
+        yield None
+        return
+    if not acquired:
+        yield False
+        return
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            lock.release()
+
+
+def _due_rows(node: str) -> list[Outbox]:
+    rows = list(
+        Outbox.objects.filter(
+            destination=node, failed_at__isnull=True, next_attempt_at__lte=timezone.now()
+        )
+        .order_by("id")
+        .only("id", "envelope_id", "raw", "signature", "message_id", "attempts")[
+            : settings.DELIVERY_BATCH_MAX_ENVELOPES
+        ]
+    )
+    budget = settings.PEER_MAX_BODY_BYTES - BATCH_BODY_HEADROOM_BYTES
+    size = 0
+    for count, row in enumerate(rows):
+        size += (len(row.raw) + 2) // 3 * 4 + 120  # base64 body, signature and JSON
+        if size > budget and count > 0:
+            return rows[:count]
+    return rows
+
+
+def _has_due(node: str) -> bool:
+    return Outbox.objects.filter(
+        destination=node, failed_at__isnull=True, next_attempt_at__lte=timezone.now()
+    ).exists()
+
+
+def _post_batch(node: str, rows: list[Outbox]) -> tuple[bytes, list, list]:
+    """Send rows to node; returns (node verify key, acks, errors) or raises _Unreachable."""
+    local_name = _local_node_name()
+    if node == local_name:
+        # Same node: the very same receiving service, without the network hop.
+        verify_key = bytes(_node_signing_key().verify_key)
+        items = []
+        for index, row in enumerate(rows):
+            try:
+                envelope = protocol.parse_envelope(bytes(row.raw))
+                items.append(protocol.BatchItem(index, envelope, bytes(row.signature)))
+            except protocol.ProtocolError as error:
+                items.append(protocol.BatchItem(index, None, None, error))
+        try:
+            with transaction.atomic():
+                answer = accept_envelopes(items, from_node=KnownNode(local_name, verify_key, None))
+        except protocol.ProtocolError as error:
+            raise _Unreachable(error.code) from None
+        return verify_key, answer["acks"], answer["errors"]
+
+    from peers import client
+
+    peer = PeerNode.objects.filter(name=node).first()
+    if peer is None:
+        raise _Unreachable("unknown_node")
+    if not peer.active:
+        raise _Unreachable("node_revoked")
+    body = protocol.encode_batch(
+        [protocol.SignedEnvelope(bytes(r.raw), bytes(r.signature)) for r in rows]
+    )
+    try:
+        response = client.signed_post(
+            peer.url, INBOX_PATH, body, timeout=settings.PEER_HTTP_TIMEOUT_S
+        )
+    except requests.RequestException as exc:
+        raise _Unreachable(f"network: {type(exc).__name__}") from None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if response.status_code != 200:
+        code = ""
+        if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+            code = str(answer["error"].get("code", ""))[:60]
+        raise _Unreachable(f"http {response.status_code} {code}".strip())
+    if not isinstance(answer, dict):
+        raise _Unreachable("malformed answer")
+    acks, refusals = answer.get("acks"), answer.get("errors", [])
+    if not isinstance(acks, list) or not isinstance(refusals, list):
+        raise _Unreachable("malformed answer")
+    return bytes(peer.sign_key), acks, refusals
+
+
+def _record_failure(node: str, rows: list[Outbox], reason: str) -> float:
+    now = timezone.now()
+    with transaction.atomic():
+        state, _ = DestinationState.objects.get_or_create(node=node)
+        state.consecutive_failures += 1
+        delay = backoff_delay_s(state.consecutive_failures)
+        state.next_attempt_at = now + timedelta(seconds=delay)
+        state.last_error = reason[:200]
+        state.save()
+        Outbox.objects.filter(id__in=[r.id for r in rows]).update(
+            attempts=F("attempts") + 1, last_error=reason[:200]
+        )
+    logger.warning(
+        "delivery failed",
+        extra={"node": node, "reason": reason, "retry_in_s": round(delay, 2)},
+    )
+    return delay
+
+
+def _apply_answer(
+    node: str, rows: list[Outbox], verify_key: bytes, acks: list, refusals: list
+) -> tuple[int, int]:
+    """Mark acknowledged envelopes delivered, refused ones failed or retried: one transaction."""
+    by_id = {str(r.envelope_id): r for r in rows}
+    delivered: dict[str, Outbox] = {}
+    for ack in acks:
+        envelope_id = ack.get("id") if isinstance(ack, dict) else None
+        row = by_id.get(envelope_id) if isinstance(envelope_id, str) else None
+        if row is None:
+            continue
+        try:
+            protocol.verify_ack(verify_key, ack, envelope_id=envelope_id, raw=bytes(row.raw))
+        except protocol.ProtocolError:
+            logger.warning("acknowledgement refused", extra={"node": node, "envelope": envelope_id})
+            continue
+        delivered[envelope_id] = row
+    failed: dict[str, list[Outbox]] = {}
+    retried: list[Outbox] = []
+    for refusal in refusals:
+        envelope_id = refusal.get("id") if isinstance(refusal, dict) else None
+        row = by_id.get(envelope_id) if isinstance(envelope_id, str) else None
+        if row is None or envelope_id in delivered:
+            continue
+        code = str(refusal.get("code", "refused"))[:60]
+        if code in RETRYABLE_CODES:
+            retried.append(row)
+        else:
+            failed.setdefault(code, []).append(row)
+        logger.warning(
+            "envelope refused", extra={"node": node, "envelope": envelope_id, "code": code}
+        )
+    answered = set(delivered) | {str(r.envelope_id) for rs in failed.values() for r in rs}
+    retried_ids = {str(r.envelope_id) for r in retried}
+    retried += [r for i, r in by_id.items() if i not in answered and i not in retried_ids]
+    now = timezone.now()
+    with transaction.atomic():
+        if delivered:
+            Message.objects.filter(
+                id__in=[r.message_id for r in delivered.values() if r.message_id],
+                status=Message.Status.QUEUED,
+            ).update(status=Message.Status.DELIVERED, delivered_at=now)
+            Outbox.objects.filter(id__in=[r.id for r in delivered.values()]).delete()
+        for code, group in failed.items():
+            Message.objects.filter(
+                id__in=[r.message_id for r in group if r.message_id],
+                status=Message.Status.QUEUED,
+            ).update(status=Message.Status.FAILED, error=code)
+            Outbox.objects.filter(id__in=[r.id for r in group if r.message_id]).update(
+                failed_at=now, last_error=code
+            )
+            Outbox.objects.filter(id__in=[r.id for r in group if not r.message_id]).delete()
+        for row in retried:
+            Outbox.objects.filter(id=row.id).update(
+                attempts=row.attempts + 1,
+                next_attempt_at=now + timedelta(seconds=backoff_delay_s(row.attempts + 1)),
+                last_error="not acknowledged",
+            )
+        DestinationState.objects.filter(node=node, consecutive_failures__gt=0).update(
+            consecutive_failures=0, next_attempt_at=None, last_error="", last_success_at=now
+        )
+    failed_count = sum(len(g) for g in failed.values())
+    logger.info(
+        "batch delivered",
+        extra={
+            "node": node,
+            "delivered": len(delivered),
+            "failed": failed_count,
+            "retried": len(retried),
+        },
+    )
+    return len(delivered), failed_count
+
+
+def _drain(node: str, lock: Any, result: DeliveryResult) -> None:
+    for _ in range(MAX_BATCHES_PER_RUN):
+        state = DestinationState.objects.filter(node=node, next_attempt_at__isnull=False).first()
+        if state is not None and state.next_attempt_at > timezone.now():
+            result.retry_in_s = (state.next_attempt_at - timezone.now()).total_seconds()
+            return
+        rows = _due_rows(node)
+        if not rows:
+            return
+        try:
+            verify_key, acks, refusals = _post_batch(node, rows)
+        except _Unreachable as exc:
+            result.retry_in_s = _record_failure(node, rows, str(exc))
+            return
+        delivered, failed = _apply_answer(node, rows, verify_key, acks, refusals)
+        result.delivered += delivered
+        result.failed += failed
+        result.batches += 1
+        if lock:
+            with contextlib.suppress(redis.RedisError):
+                lock.reacquire()
+    result.more = True
+
+
+def deliver_pending(*, node: str) -> DeliveryResult:
+    """Send node's due outbox rows in signed batches until none is left (bounded).
+
+    Safe to run twice at once: a Redis lock keeps one sender per node, and the receiver
+    stores each envelope once and acknowledges a duplicate identically.
+    """
+    result = DeliveryResult(node=node)
+    with contextlib.suppress(redis.RedisError):
+        redis_client.get().delete(_scheduled_key(node))
+    for _ in range(3):
+        with _node_lock(node) as lock:
+            if lock is False:
+                result.busy = True
+                return result
+            _drain(node, lock, result)
+        # A send that arrived while we held the lock may have skipped its own task.
+        if result.retry_in_s is not None or result.more or not _has_due(node):
+            return result
+    result.more = _has_due(node)
+    return result
+
+
+def peer_came_online(node_name: str) -> None:
+    """The directory shows node_name reachable again: forget its backoff, send at once."""
+    now = timezone.now()
+    with transaction.atomic():
+        DestinationState.objects.filter(node=node_name).update(
+            consecutive_failures=0, next_attempt_at=None
+        )
+        Outbox.objects.filter(destination=node_name, failed_at__isnull=True).update(
+            next_attempt_at=now
+        )
+        if Outbox.objects.filter(destination=node_name, failed_at__isnull=True).exists():
+            transaction.on_commit(lambda: _enqueue(node_name, force=True))
+
+
+def sweep_outbox() -> list[str]:
+    """Fail envelopes older than DELIVERY_MAX_AGE_S and re-enqueue every destination with
+    due rows (tasks lost to a Redis flush or a killed worker). Returns those nodes."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.DELIVERY_MAX_AGE_S)
+    expired = list(
+        Outbox.objects.filter(failed_at__isnull=True, queued_at__lt=cutoff).values_list(
+            "id", "message_id"
+        )
+    )
+    if expired:
+        with transaction.atomic():
+            Message.objects.filter(
+                id__in=[m for _, m in expired if m], status=Message.Status.QUEUED
+            ).update(status=Message.Status.FAILED, error="expired")
+            Outbox.objects.filter(id__in=[o for o, m in expired if m]).update(
+                failed_at=now, last_error="expired"
+            )
+            Outbox.objects.filter(id__in=[o for o, m in expired if not m]).delete()
+        logger.warning("undelivered envelopes expired", extra={"count": len(expired)})
+    due = set(
+        Outbox.objects.filter(failed_at__isnull=True, next_attempt_at__lte=now)
+        .values_list("destination", flat=True)
+        .distinct()
+    )
+    waiting = set(
+        DestinationState.objects.filter(node__in=due, next_attempt_at__gt=now).values_list(
+            "node", flat=True
+        )
+    )
+    nodes = sorted(due - waiting)
+    for node in nodes:
+        _enqueue(node, force=True)
+    return nodes

@@ -1,0 +1,26 @@
+"""Celery tasks for delivery: take a node name, call a service, nothing else."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from . import services
+
+# Backoffs up to this long are waited out by Celery; longer ones are the sweeper's.
+SHORT_RETRY_S = 60.0
+
+
+@shared_task(bind=True, name="messaging.tasks.deliver_to_node", acks_late=True, max_retries=None)
+def deliver_to_node(self, node_name: str) -> None:
+    """Drain the outbox of one destination node in signed batches."""
+    result = services.deliver_pending(node=node_name)
+    if result.more:
+        raise self.retry(countdown=0)
+    if result.retry_in_s is not None and result.retry_in_s <= SHORT_RETRY_S:
+        raise self.retry(countdown=result.retry_in_s)
+
+
+@shared_task(name="messaging.tasks.sweep_outbox", acks_late=True)
+def sweep_outbox() -> None:
+    """Re-enqueue due deliveries whose task was lost and fail messages past the maximum age."""
+    services.sweep_outbox()

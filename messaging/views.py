@@ -1,0 +1,135 @@
+"""Browser pages of messaging: the conversation page, its JSON poll, the Retry button."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.contrib import messages as flash
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from accounts.models import User
+
+from . import queries, services
+from .errors import MessagingError
+
+
+@dataclass(frozen=True)
+class Peer:
+    username: str
+    full_name: str
+    node: str
+
+
+def _peer_or_404(viewer: User, username: str) -> Peer:
+    """The other person of a conversation: a local account or a directory entry."""
+    from peers import directory
+
+    if username == viewer.get_username():
+        raise Http404("You cannot chat with yourself.")
+    local = User.objects.filter(username=username, is_active=True).select_related("profile")
+    person = local.first()
+    if person is not None:
+        profile = getattr(person, "profile", None)
+        return Peer(username, profile.full_name if profile else "", settings.NODE_NAME)
+    try:
+        entry = directory.lookup(username)
+    except directory.UnknownUser:
+        raise Http404("There is nobody with this name.") from None
+    return Peer(username, entry.full_name, entry.node.name)
+
+
+def _key_change_pending(viewer: User, username: str) -> bool:
+    from peers import directory
+
+    return bool(directory.key_change_pending(viewer, username))
+
+
+def _int_param(request: HttpRequest, name: str) -> int | None:
+    value = request.GET.get(name, "")
+    if not value:
+        return None
+    if not value.isdigit() or len(value) > 18:
+        raise ValueError(name)
+    return int(value)
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def conversation(request: HttpRequest, username: str) -> HttpResponse:
+    peer = _peer_or_404(request.user, username)
+    error, draft, status = None, "", 200
+    if request.method == "POST":
+        draft = request.POST.get("text", "")
+        try:
+            services.send_message(sender=request.user, recipient_username=username, text=draft)
+        except MessagingError as exc:
+            error, status = exc.message, exc.status
+        else:
+            return redirect("messaging:conversation", username=username)
+    try:
+        before = _int_param(request, "before")
+    except ValueError:
+        before, status = None, 400
+        error = "That page of the conversation does not exist."
+    services.mark_conversation_read(viewer=request.user, peer_username=username)
+    page = queries.conversation_page(owner=request.user, peer_username=username, before_id=before)
+    context = {
+        "peer": peer,
+        "page": page,
+        "error": error,
+        "draft": draft,
+        "max_chars": settings.MESSAGE_MAX_CHARS,
+        "key_change_pending": _key_change_pending(request.user, username),
+        "last_id": max((m.id for m in page.messages), default=0),
+        "is_latest": before is None,
+    }
+    return render(request, "messaging/conversation.html", context, status=status)
+
+
+@never_cache
+@login_required
+@require_GET
+def messages_json(request: HttpRequest, username: str) -> JsonResponse:
+    try:
+        peer = _peer_or_404(request.user, username)
+    except Http404:
+        return JsonResponse(
+            {"error": {"code": "unknown_user", "message": "There is nobody with this name."}},
+            status=404,
+        )
+    try:
+        after = _int_param(request, "after") or 0
+    except ValueError:
+        return JsonResponse(
+            {"error": {"code": "invalid_field", "message": "after must be a message id"}},
+            status=400,
+        )
+    new = queries.messages_after(owner=request.user, peer_username=peer.username, after_id=after)
+    if any(m.direction == m.Direction.IN and m.read_at is None for m in new):
+        services.mark_conversation_read(viewer=request.user, peer_username=peer.username)
+    statuses = queries.recent_statuses(owner=request.user, peer_username=peer.username)
+    return JsonResponse(
+        {
+            "messages": [queries.message_json(m) for m in new],
+            "statuses": {str(k): v for k, v in statuses.items()},
+        },
+        json_dumps_params={"ensure_ascii": False},
+    )
+
+
+@login_required
+@require_POST
+def retry(request: HttpRequest, username: str, message_id: int) -> HttpResponse:
+    try:
+        services.retry_message(owner=request.user, message_id=message_id)
+    except MessagingError as exc:
+        flash.error(request, exc.message)
+    else:
+        flash.success(request, "The message is queued again.")
+    return redirect("messaging:conversation", username=username)
