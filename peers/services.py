@@ -1,0 +1,389 @@
+"""Every write of the node's peer layer: joining, presence reports, the directory cache."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from datetime import timezone as dt_timezone
+
+import requests
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from nacl.signing import SigningKey
+
+from accounts.crypto import encrypt_at_rest
+from accounts.models import User
+
+from . import protocol
+from .client import session_for, signed_get, signed_post
+from .identity import is_joined, local_node
+from .models import DirectorySync, DirectoryUser, KeyChangeAck, NodeIdentity, PeerNode
+from .presence import local_presence
+
+logger = logging.getLogger(__name__)
+
+STATUSES = frozenset({"online", "away", "offline"})
+
+
+class LoginServerError(Exception):
+    """The login server refused a request or could not be reached; code is stable."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _refusal(response: requests.Response) -> LoginServerError:
+    try:
+        error = response.json()["error"]
+        return LoginServerError(str(error["code"]), str(error["message"]))
+    except (ValueError, KeyError, TypeError):
+        return LoginServerError("http_error", f"login server answered {response.status_code}")
+
+
+# --- joining -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JoinResult:
+    identity: NodeIdentity
+    login_server_fingerprint: str
+    node_fingerprint: str
+
+
+def join_network(*, login_server_url: str, token: str, name: str, url: str) -> JoinResult:
+    """Create this node's key, enrol it with a one-time token and pin the login server key."""
+    if is_joined():
+        raise LoginServerError("already_joined", "this node has already joined a network")
+    protocol.validate_node_name(name)
+    login_server_url = login_server_url.rstrip("/")
+    url = url.rstrip("/")
+    key = SigningKey.generate()
+    body = protocol.canonical_json(
+        {
+            "token": token,
+            "name": name,
+            "url": url,
+            "sign_key": protocol.b64e(bytes(key.verify_key)),
+            "proof": protocol.b64e(protocol.sign_enrolment(key, token=token, name=name, url=url)),
+        }
+    )
+    try:
+        response = session_for(login_server_url).post(
+            login_server_url + "/api/v1/enrol",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=settings.PEER_HTTP_TIMEOUT_S,
+        )
+    except requests.RequestException as exc:
+        raise LoginServerError("unreachable", f"login server unreachable: {exc}") from None
+    if response.status_code != 201:
+        raise _refusal(response)
+    try:
+        answer = response.json()
+        server_key = protocol.b64d(answer["login_server_key"], field="login_server_key", length=32)
+        claimed_fingerprint = answer["fingerprint"]
+    except (ValueError, KeyError, TypeError, protocol.ProtocolError):
+        raise LoginServerError("bad_answer", "the login server's answer is malformed") from None
+    fingerprint = protocol.fingerprint(server_key)
+    if claimed_fingerprint != fingerprint:
+        raise LoginServerError("bad_answer", "the login server key does not match its fingerprint")
+    identity = NodeIdentity.objects.create(
+        pk=1,
+        name=name,
+        public_url=url,
+        sign_public=bytes(key.verify_key),
+        sign_private_encrypted=encrypt_at_rest(bytes(key)),
+        login_server_url=login_server_url,
+        login_server_key=server_key,
+    )
+    DirectorySync.objects.update_or_create(pk=1, defaults={"etag": ""})
+    logger.info("joined the network", extra={"node": name, "login_server": login_server_url})
+    return JoinResult(identity, fingerprint, protocol.fingerprint(bytes(key.verify_key)))
+
+
+# --- presence reports --------------------------------------------------------------------
+def build_report(*, exclude_session_hash: str | None = None) -> bytes:
+    """This node's complete user list with keys and presence, as the report body."""
+    identity = local_node()
+    users = list(
+        User.objects.filter(is_active=True, keys__isnull=False)
+        .select_related("keys", "profile")
+        .order_by("username")
+    )
+    presence = local_presence(users, exclude_session_hash=exclude_session_hash)
+    entries = []
+    for user in users:
+        profile = getattr(user, "profile", None)
+        entries.append(
+            {
+                "username": user.username,
+                "sign_key": protocol.b64e(bytes(user.keys.sign_public)),
+                "box_key": protocol.b64e(bytes(user.keys.box_public)),
+                "full_name": (profile.full_name if profile else "")[:150],
+                "position": (profile.position if profile else "")[:150],
+                "status": presence[user.pk].status,
+                "last_seen": presence[user.pk].last_seen,
+            }
+        )
+    return protocol.canonical_json({"url": identity.public_url, "users": entries})
+
+
+def report_presence(*, exclude_session_hash: str | None = None) -> dict:
+    """Send this node's users and presence to the login server; raises LoginServerError."""
+    identity = local_node()
+    body = build_report(exclude_session_hash=exclude_session_hash)
+    try:
+        response = signed_post(identity.login_server_url, "/api/v1/report", body)
+    except requests.RequestException:
+        raise LoginServerError("unreachable", "login server unreachable") from None
+    if response.status_code != 200:
+        raise _refusal(response)
+    return response.json()
+
+
+def request_presence_report(*, exclude_session_key: str | None = None) -> None:
+    """Report presence soon (after the current transaction commits); for login and logout."""
+    if not is_joined():
+        return
+    from kombu.exceptions import OperationalError
+
+    from .presence import session_hash
+    from .tasks import report_presence as task
+
+    excluded = session_hash(exclude_session_key) if exclude_session_key else None
+
+    def enqueue() -> None:
+        try:
+            task.apply_async(kwargs={"exclude_session_hash": excluded}, retry=False)
+        except OperationalError:
+            logger.warning("presence report not queued: broker unavailable")
+
+    transaction.on_commit(enqueue)
+
+
+# --- the directory cache ---------------------------------------------------------------
+@dataclass
+class ApplyResult:
+    nodes: int = 0
+    users: int = 0
+    rejected: list[str] = field(default_factory=list)
+    keys_changed: list[str] = field(default_factory=list)
+    came_online: list[str] = field(default_factory=list)
+
+
+def _dt(value: object) -> datetime | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return datetime.fromtimestamp(value, tz=dt_timezone.utc)
+    return None
+
+
+def _parse_nodes(entries: list) -> dict[str, dict]:
+    nodes: dict[str, dict] = {}
+    for entry in entries:
+        try:
+            if not isinstance(entry, dict):
+                raise protocol.ProtocolError("invalid_field", "node entry must be an object")
+            name = protocol.validate_node_name(protocol.require(entry, "name", str))
+            nodes[name] = {
+                "url": protocol.require(entry, "url", str).rstrip("/"),
+                "sign_key": protocol.b64d(entry.get("sign_key"), field="sign_key", length=32),
+                "online": protocol.require(entry, "online", bool),
+            }
+        except protocol.ProtocolError as error:
+            logger.warning("directory node entry rejected", extra={"code": error.code})
+    return nodes
+
+
+def _verify_users(entries: list, nodes: dict[str, dict], pinned: bytes, result: ApplyResult):
+    """Yield (UserRecord, entry) for every record the login server signed; log the rest."""
+    for index, entry in enumerate(entries):
+        try:
+            if not isinstance(entry, dict):
+                raise protocol.ProtocolError("invalid_field", "user entry must be an object")
+            record = protocol.b64d(entry.get("record"), field="record")
+            signature = protocol.b64d(entry.get("sig"), field="sig", length=64)
+            parsed = protocol.verify_user_record(pinned, record, signature)
+            if parsed.node not in nodes:
+                raise protocol.ProtocolError("unknown_node", "record names an unlisted node")
+        except protocol.ProtocolError as error:
+            result.rejected.append(str(index))
+            logger.warning("directory record rejected", extra={"code": error.code, "index": index})
+            continue
+        yield parsed, record, signature, entry
+
+
+def apply_directory(*, body: bytes, signature: bytes) -> ApplyResult:
+    """Verify a directory answer and update the cache; a bad record keeps its old copy.
+
+    The whole answer must carry the pinned login server's signature; each user record
+    must too. A known user whose keys differ gets keys_changed_at.
+    """
+    identity = local_node()
+    pinned = bytes(identity.login_server_key)
+    protocol.verify_directory(pinned, body, signature)
+    obj = protocol.parse_json_object(body, what="directory")
+    nodes = _parse_nodes(protocol.require(obj, "nodes", list))
+    result = ApplyResult(nodes=len(nodes))
+    verified = list(_verify_users(protocol.require(obj, "users", list), nodes, pinned, result))
+    now = timezone.now()
+    with transaction.atomic():
+        existing_nodes = {n.name: n for n in PeerNode.objects.all()}
+        for name, data in nodes.items():
+            node = existing_nodes.get(name)
+            if node is None:
+                existing_nodes[name] = PeerNode.objects.create(name=name, active=True, **data)
+                continue
+            if data["online"] and not node.online and node.active:
+                result.came_online.append(name)
+            changed = (
+                node.url != data["url"]
+                or bytes(node.sign_key) != data["sign_key"]
+                or node.online != data["online"]
+                or not node.active
+            )
+            if changed:
+                node.url, node.sign_key, node.online = data["url"], data["sign_key"], data["online"]
+                node.active = True
+                node.save(update_fields=["url", "sign_key", "online", "active", "updated_at"])
+        PeerNode.objects.exclude(name__in=list(nodes)).filter(active=True).update(
+            active=False, online=False, updated_at=now
+        )
+
+        existing_users = {u.username: u for u in DirectoryUser.objects.all()}
+        to_create: list[DirectoryUser] = []
+        to_update: list[DirectoryUser] = []
+        seen: set[str] = set()
+        for parsed, record, signature_bytes, entry in verified:
+            seen.add(parsed.username)
+            status = entry.get("status")
+            values = {
+                "node": existing_nodes[parsed.node],
+                "sign_key": parsed.sign_key,
+                "box_key": parsed.box_key,
+                "full_name": parsed.full_name[:150],
+                "position": parsed.position[:150],
+                "record": record,
+                "record_sig": signature_bytes,
+                "status": status if status in STATUSES else DirectoryUser.Status.UNKNOWN,
+                "last_seen": _dt(entry.get("last_seen")),
+                "listed": True,
+                "updated_at": now,
+            }
+            user = existing_users.get(parsed.username)
+            if user is None:
+                to_create.append(DirectoryUser(username=parsed.username, **values))
+                continue
+            if (bytes(user.sign_key), bytes(user.box_key)) != (parsed.sign_key, parsed.box_key):
+                user.keys_changed_at = now
+                result.keys_changed.append(parsed.username)
+            for name, value in values.items():
+                setattr(user, name, value)
+            to_update.append(user)
+        DirectoryUser.objects.bulk_create(to_create)
+        DirectoryUser.objects.bulk_update(
+            to_update, [*_USER_FIELDS, "keys_changed_at"], batch_size=500
+        )
+        rejected_names = _rejected_usernames(obj, result)
+        DirectoryUser.objects.filter(listed=True).exclude(
+            username__in=list(seen | rejected_names)
+        ).update(listed=False, updated_at=now)
+        came_online = list(result.came_online)
+        transaction.on_commit(lambda: _announce_online(came_online))
+    result.users = len(seen)
+    for username in result.keys_changed:
+        logger.warning("user keys changed", extra={"username": username})
+    return result
+
+
+_USER_FIELDS = [
+    "node",
+    "sign_key",
+    "box_key",
+    "full_name",
+    "position",
+    "record",
+    "record_sig",
+    "status",
+    "last_seen",
+    "listed",
+    "updated_at",
+]
+
+
+def _rejected_usernames(obj: dict, result: ApplyResult) -> set[str]:
+    """Best-effort names of rejected records, so their old cached copies stay listed."""
+    names: set[str] = set()
+    users = obj.get("users")
+    for index in result.rejected:
+        try:
+            entry = users[int(index)]
+            record = base64.b64decode(entry["record"], validate=True)
+            names.add(str(protocol.parse_json_object(record).get("username")))
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            IndexError,
+            binascii.Error,
+            protocol.ProtocolError,
+        ):
+            continue
+    return names
+
+
+def _announce_online(names: list[str]) -> None:
+    """Tell messaging that nodes are reachable again, if messaging offers the hook."""
+    if not names:
+        return
+    try:
+        hook = importlib.import_module("messaging.services").peer_came_online
+    except (ImportError, AttributeError):
+        return
+    for name in names:
+        logger.info("peer came online", extra={"node": name})
+        hook(name)
+
+
+def fetch_directory() -> str:
+    """Fetch the directory (ETag), verify and cache it; returns "updated" or "unchanged"."""
+    identity = local_node()
+    sync, _ = DirectorySync.objects.get_or_create(pk=1)
+    now = timezone.now()
+    headers = {"If-None-Match": sync.etag} if sync.etag else {}
+    try:
+        try:
+            response = signed_get(identity.login_server_url, "/api/v1/directory", headers)
+        except requests.RequestException:
+            raise LoginServerError("unreachable", "login server unreachable") from None
+        if response.status_code == 304:
+            outcome = "unchanged"
+        elif response.status_code == 200:
+            signature = protocol.b64d(
+                response.headers.get("X-P2P-Signature", ""), field="X-P2P-Signature", length=64
+            )
+            apply_directory(body=response.content, signature=signature)
+            sync.etag = response.headers.get("ETag", "")[:100]
+            outcome = "updated"
+        else:
+            raise _refusal(response)
+    except (LoginServerError, protocol.ProtocolError) as error:
+        DirectorySync.objects.filter(pk=1).update(last_attempt_at=now, last_error=error.code)
+        raise
+    sync.last_attempt_at = sync.last_success_at = now
+    sync.last_error = ""
+    sync.save()
+    return outcome
+
+
+# --- key changes -------------------------------------------------------------------------
+def acknowledge_key_change(*, viewer: User, user: DirectoryUser) -> None:
+    """The viewer verified user's current keys; the warning goes away until the next change."""
+    KeyChangeAck.objects.update_or_create(
+        viewer=viewer, user=user, defaults={"acknowledged_at": timezone.now()}
+    )
+    logger.info("key change acknowledged", extra={"viewer": viewer.pk, "username": user.username})
