@@ -1,11 +1,48 @@
 """The admin site for both roles: staff only, with a verified second factor."""
 
-from django_otp.admin import OTPAdminSite
+from __future__ import annotations
+
+from django import forms
+from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
+from django_otp.plugins.otp_static.models import StaticDevice
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from .twofactor import normalise_code
+
+
+class CodeAuthenticationForm(OTPAdminAuthenticationForm):
+    """Username, password and one code: a 6-digit authenticator code or a backup code.
+
+    The device is chosen from the shape of the code, so nobody has to pick one from a list.
+    """
+
+    otp_token = forms.CharField(
+        required=False,
+        label="Authenticator code or backup code",
+        max_length=32,
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code"}),
+    )
+
+    def _chosen_device(self, user):
+        token = normalise_code(self.cleaned_data.get("otp_token") or "")
+        self.cleaned_data["otp_token"] = token
+        model = TOTPDevice if token.isdigit() else StaticDevice
+        device = model.objects.filter(user=user, confirmed=True).order_by("id").first()
+        if device is None and user is not None and not user.is_verified():
+            raise forms.ValidationError(
+                "This account has no second factor set up. Log in on the main login page first "
+                "to set up an authenticator app.",
+                code="no_device",
+            )
+        return device
 
 
 class P2PAdminSite(OTPAdminSite):
     site_header = "p2psocial administration"
     site_title = "p2psocial admin"
+    index_title = "Administration"
+    login_form = CodeAuthenticationForm
+    login_template = "admin/otp_login.html"
 
 
 admin_site = P2PAdminSite(name="admin")

@@ -46,7 +46,7 @@ class UserKeys(models.Model):
 
 
 class UserSession(models.Model):
-    """A browser session a person logged in with, so that logout and password change can end the others."""
+    """A browser session of a person, so that logout and password change can end the others."""
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="browser_sessions"

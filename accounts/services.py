@@ -1,12 +1,25 @@
-"""Every write about people: creating accounts, keys and profiles."""
+"""Every write about people: creating accounts, keys, profiles and passwords."""
 
 from __future__ import annotations
 
-from django.contrib.auth.password_validation import validate_password
-from django.db import transaction
+import logging
+import secrets
+from typing import IO
 
+from django.conf import settings
+from django.contrib.auth import update_session_auth_hash
+from django.contrib.auth.password_validation import validate_password
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.http import HttpRequest
+
+from . import sessions
 from .keys import create_keys
-from .models import Profile, User
+from .models import Profile, User, UserKeys
+from .pictures import normalise_picture
+
+logger = logging.getLogger(__name__)
 
 
 def create_person(
@@ -27,4 +40,74 @@ def create_person(
         user.save()
         Profile.objects.create(user=user, full_name=full_name, position=position)
         create_keys(user)
+    logger.info("person created", extra={"user_id": user.pk, "staff": is_staff})
     return user
+
+
+def complete_person(*, user: User) -> None:
+    """Give an account made elsewhere (the admin's add form) its profile and keys."""
+    with transaction.atomic():
+        Profile.objects.get_or_create(user=user)
+        if not UserKeys.objects.filter(user=user).exists():
+            create_keys(user)
+
+
+def update_profile(
+    *,
+    user: User,
+    full_name: str,
+    position: str,
+    description: str,
+    location: str,
+    picture: IO[bytes] | None = None,
+    remove_picture: bool = False,
+) -> Profile:
+    """Store the person's profile text exactly as given and, if given, a re-encoded picture.
+
+    Raises accounts.errors.PictureRejected before anything is written.
+    """
+    new_name = None
+    if picture is not None:
+        clean = normalise_picture(
+            picture,
+            max_bytes=settings.PROFILE_PICTURE_MAX_BYTES,
+            max_px=settings.PROFILE_PICTURE_MAX_PX,
+        )
+        new_name = default_storage.save(
+            f"pictures/{user.pk}-{secrets.token_hex(8)}.{clean.extension}",
+            ContentFile(clean.data),
+        )
+    try:
+        with transaction.atomic():
+            profile, _ = Profile.objects.select_for_update().get_or_create(user=user)
+            old_name = profile.picture.name if profile.picture else ""
+            profile.full_name = full_name
+            profile.position = position
+            profile.description = description
+            profile.location = location
+            if new_name is not None:
+                profile.picture.name = new_name
+            elif remove_picture:
+                profile.picture.name = ""
+            profile.save()
+            if old_name and old_name != profile.picture.name:
+                transaction.on_commit(lambda: default_storage.delete(old_name))
+    except BaseException:
+        if new_name is not None:
+            default_storage.delete(new_name)
+        raise
+    logger.info("profile updated", extra={"user_id": user.pk, "picture": new_name is not None})
+    return profile
+
+
+def change_password(*, request: HttpRequest, user: User, new_password: str) -> None:
+    """Set a new (already validated) password, keep this session and end every other one."""
+    old_key = request.session.session_key
+    with transaction.atomic():
+        user.set_password(new_password)
+        user.save(update_fields=["password"])
+        sessions.end_sessions(user=user, keep_session_key=old_key)
+    update_session_auth_hash(request, user)  # rotates this session's key
+    sessions.forget_session(session_key=old_key)
+    sessions.remember_session(user=user, session_key=request.session.session_key)
+    logger.info("password changed", extra={"user_id": user.pk})

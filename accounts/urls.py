@@ -1,2 +1,15 @@
+from django.urls import path
+
+from . import views
+
 app_name = "accounts"
-urlpatterns: list = []
+urlpatterns = [
+    path("login/", views.login_view, name="login"),
+    path("login/code/", views.verify_view, name="verify"),
+    path("setup/2fa/", views.enrol_view, name="enrol"),
+    path("setup/backup-codes/", views.backup_codes_view, name="backup_codes"),
+    path("logout/", views.logout_view, name="logout"),
+    path("profile/", views.profile_edit_view, name="profile_edit"),
+    path("password/", views.password_change_view, name="password_change"),
+    path("people/<str:username>/picture", views.picture_view, name="picture"),
+]

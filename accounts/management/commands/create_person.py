@@ -1,0 +1,78 @@
+"""manage.py create_person USERNAME [--full-name ..] [--position ..] [--staff]
+[--password-stdin | --password P] [--totp-secret BASE32]"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from accounts import services, twofactor
+from accounts.errors import CodeRejected
+from accounts.models import User
+from peers.protocol import fingerprint
+
+
+class Command(BaseCommand):
+    help = (
+        "Create a person (account, profile and keys). With --totp-secret the person gets a "
+        "confirmed authenticator with that base32 secret and skips enrolment."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("username")
+        parser.add_argument("--full-name", default="")
+        parser.add_argument("--position", default="")
+        parser.add_argument("--staff", action="store_true", help="may use the admin site")
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument(
+            "--password-stdin", action="store_true", help="read the password from stdin"
+        )
+        group.add_argument(
+            "--password", help="the password (visible in the process list; prefer stdin)"
+        )
+        parser.add_argument(
+            "--totp-secret", help="base32 authenticator secret to install, confirmed"
+        )
+
+    def handle(self, *args, **options) -> None:
+        username = options["username"]
+        if User.objects.filter(username=username).exists():
+            raise CommandError(f"a person named {username!r} already exists")
+        generated = False
+        if options["password_stdin"]:
+            password = sys.stdin.readline().rstrip("\r\n")
+            if not password:
+                raise CommandError("no password on stdin")
+        elif options["password"]:
+            password = options["password"]
+        else:
+            password, generated = secrets.token_urlsafe(15), True
+        try:
+            with transaction.atomic():
+                user = services.create_person(
+                    username=username,
+                    password=password,
+                    full_name=options["full_name"],
+                    position=options["position"],
+                    is_staff=options["staff"],
+                )
+                if options["totp_secret"]:
+                    twofactor.add_totp_device(user=user, secret_b32=options["totp_secret"])
+        except ValidationError as exc:
+            raise CommandError("password refused: " + " ".join(exc.messages)) from exc
+        except CodeRejected as exc:
+            raise CommandError(exc.message) from exc
+        self.stdout.write(
+            f"created person {user.username} (id {user.pk})" + (" [staff]" if user.is_staff else "")
+        )
+        self.stdout.write(f"signing key fingerprint: {fingerprint(bytes(user.keys.sign_public))}")
+        if options["totp_secret"]:
+            self.stdout.write("authenticator: confirmed (from --totp-secret)")
+        else:
+            self.stdout.write("authenticator: set up at first login")
+        if generated:
+            self.stdout.write(f"generated password: {password}")
