@@ -1,0 +1,131 @@
+"""Arrange messaging tests in one database: this node, remote nodes and remote people
+as they appear in the directory cache, and envelopes sealed the way a remote node would."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.test import Client
+from nacl.public import PrivateKey
+from nacl.signing import SigningKey
+
+from accounts import services as account_services
+from accounts.crypto import encrypt_at_rest
+from accounts.models import User
+from peers import protocol
+from peers.models import DirectoryUser, NodeIdentity, PeerNode
+
+INBOX = "/api/v1/inbox"
+_counter = itertools.count(1)
+
+
+def join_local_node(name: str = "hq") -> SigningKey:
+    """This node's identity row, as manage.py join_network leaves it."""
+    key = SigningKey.generate()
+    NodeIdentity.objects.update_or_create(
+        pk=1,
+        defaults=dict(
+            name=name,
+            public_url="http://127.0.0.1:8001",
+            sign_public=bytes(key.verify_key),
+            sign_private_encrypted=encrypt_at_rest(bytes(key)),
+            login_server_url="http://127.0.0.1:8000",
+            login_server_key=bytes(SigningKey.generate().verify_key),
+        ),
+    )
+    return key
+
+
+@dataclass
+class RemoteNode:
+    name: str
+    key: SigningKey
+    row: PeerNode
+
+
+def make_remote_node(name: str = "branch", url: str = "http://127.0.0.1:9") -> RemoteNode:
+    """A peer node in the directory cache; port 9 on loopback refuses connections."""
+    key = SigningKey.generate()
+    row = PeerNode.objects.create(name=name, url=url, sign_key=bytes(key.verify_key), online=True)
+    return RemoteNode(name, key, row)
+
+
+@dataclass
+class RemotePerson:
+    username: str
+    node: RemoteNode
+    sign: SigningKey
+    box: PrivateKey
+
+
+def make_remote_person(node: RemoteNode, username: str | None = None) -> RemotePerson:
+    username = username or f"remote{next(_counter)}"
+    sign, box = SigningKey.generate(), PrivateKey.generate()
+    DirectoryUser.objects.create(
+        username=username,
+        node=node.row,
+        sign_key=bytes(sign.verify_key),
+        box_key=bytes(box.public_key),
+        full_name=username.title(),
+        record=b"{}",
+        record_sig=bytes(64),
+    )
+    return RemotePerson(username, node, sign, box)
+
+
+def make_local_person(username: str | None = None) -> User:
+    username = username or f"local{next(_counter)}"
+    return account_services.create_person(
+        username=username, password="x", full_name=username.title(), validate=False
+    )
+
+
+def seal_from(
+    person: RemotePerson,
+    to: User,
+    payload: dict[str, Any] | None = None,
+    *,
+    kind: str = "message",
+    **overrides: Any,
+) -> protocol.SignedEnvelope:
+    """An envelope from a remote person to a local user, exactly as their node seals it."""
+    args: dict[str, Any] = dict(
+        sender_sign_key=person.sign,
+        sender_box_key=person.box,
+        recipient_box_key=bytes(to.keys.box_public),
+        envelope_id=protocol.new_envelope_id(),
+        kind=kind,
+        sender=person.username,
+        sender_node=person.node.name,
+        recipient=to.username,
+        recipient_node="hq",
+        created_ms=int(time.time() * 1000),
+        payload={"text": "hello"} if payload is None else payload,
+    )
+    args.update(overrides)
+    return protocol.seal_envelope(**args)
+
+
+def post_signed(
+    client: Client,
+    node: RemoteNode,
+    body: bytes,
+    *,
+    path: str = INBOX,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+    key: SigningKey | None = None,
+):
+    auth = protocol.sign_request(
+        key or node.key,
+        node=node.name,
+        method="POST",
+        path=path,
+        body=body,
+        timestamp=timestamp,
+        nonce=nonce,
+    )
+    return client.post(path, data=body, content_type="application/json", HTTP_AUTHORIZATION=auth)
