@@ -1,5 +1,70 @@
-"""Reads about peers and the login server."""
+"""Reads about peers and the login server: the users list, profiles, staleness, health."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.db.models import Case, IntegerField, Value, When
+from django.utils import timezone
+
+from .models import DirectorySync, DirectoryUser, NodeIdentity
+
+_STATUS_ORDER = Case(
+    When(status="online", then=Value(0)),
+    When(status="away", then=Value(1)),
+    When(status="offline", then=Value(2)),
+    default=Value(3),
+    output_field=IntegerField(),
+)
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """When the directory was last fetched, and whether presence should be trusted."""
+
+    last_success_at: datetime | None
+    stale: bool
+
+
+def directory_freshness(now: datetime | None = None) -> Freshness:
+    """Stale when the last successful fetch is older than three fetch intervals."""
+    now = now or timezone.now()
+    last = DirectorySync.objects.filter(pk=1).values_list("last_success_at", flat=True).first()
+    stale = last is None or (now - last).total_seconds() > 3 * settings.DIRECTORY_FETCH_INTERVAL_S
+    return Freshness(last_success_at=last, stale=stale)
+
+
+def listed_users():
+    """Everyone in the network: online first, then away, then offline; one query."""
+    return (
+        DirectoryUser.objects.filter(listed=True, node__active=True)
+        .select_related("node")
+        .only(
+            "username",
+            "full_name",
+            "position",
+            "status",
+            "last_seen",
+            "keys_changed_at",
+            "node__name",
+        )
+        .annotate(status_order=_STATUS_ORDER)
+        .order_by("status_order", "full_name", "username")
+    )
 
 
 def login_server_health() -> dict:
-    return {}
+    """For /health: login server reachability (last attempt) and the directory's age."""
+    identity = NodeIdentity.objects.filter(pk=1).values("login_server_url").first()
+    if identity is None:
+        return {"login_server": "not_joined", "directory_age_s": None}
+    sync = DirectorySync.objects.filter(pk=1).values("last_success_at", "last_error").first()
+    last = sync["last_success_at"] if sync else None
+    return {
+        "login_server": "ok" if sync and last and not sync["last_error"] else "unreachable",
+        "directory_age_s": (
+            round((timezone.now() - last).total_seconds(), 1) if last is not None else None
+        ),
+    }
