@@ -7,6 +7,7 @@ from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from . import twofactor
 from .twofactor import normalise_code
 
 
@@ -28,11 +29,15 @@ class CodeAuthenticationForm(OTPAdminAuthenticationForm):
         self.cleaned_data["otp_token"] = token
         model = TOTPDevice if token.isdigit() else StaticDevice
         device = model.objects.filter(user=user, confirmed=True).order_by("id").first()
-        if device is None and user is not None and not user.is_verified():
+        if device is None:
+            if not twofactor.has_second_factor(user):
+                raise forms.ValidationError(
+                    "This account has no second factor set up. Log in on the main login page "
+                    "first to set up an authenticator app.",
+                    code="no_device",
+                )
             raise forms.ValidationError(
-                "This account has no second factor set up. Log in on the main login page first "
-                "to set up an authenticator app.",
-                code="no_device",
+                self.otp_error_messages["invalid_token"], code="invalid_token"
             )
         return device
 
