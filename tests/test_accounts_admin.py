@@ -76,7 +76,7 @@ def test_a_staff_member_logged_in_with_both_factors_can_use_the_admin():
 
 
 def test_the_person_page_shows_key_fingerprints_but_no_private_key():
-    admin_user, secret = make_person("root", staff=True)
+    _, secret = make_person("root", staff=True)
     alice, _ = make_person("alice")
     client = _logged_in("root", secret, _step())
     page = client.get(f"/admin/accounts/user/{alice.pk}/change/").content.decode()

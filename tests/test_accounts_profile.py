@@ -19,7 +19,7 @@ UNICODE_VALUES = {
     "full_name": "👨‍👩‍👧‍👦 Rene\u0301e שלום",
     "position": "مدير العمليات",
     "location": "שלום עולם \u200f· Zürich",
-    "description": "e\u0301 + 👩🏽‍💻 + \u202eRTL override\u202c\nمرحبا بالعالم\r\nline three",
+    "description": "e\u0301 + 👩🏽‍💻 + \u202eRTL override\u202c\nمرحبا بالعالم\r\nline three",  # noqa: RUF001
 }
 SCRIPT = "<script>alert(1)</script>"
 
