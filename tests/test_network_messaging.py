@@ -1,0 +1,148 @@
+"""End to end: messages between real nodes (uvicorn, Celery worker and beat, Redis),
+through the browser's own send view, counted on the receiving node."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.network import Network, csrf_token, wait_for
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "a long enough passphrase 42"
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    with Network(tmp_path_factory.mktemp("messaging"), nodes=("hq", "branch")) as network:
+        people = {"alice": "hq", "carol": "hq", "bob": "branch"}
+        secrets = {u: network.create_person(n, u, PASSWORD) for u, n in people.items()}
+        network.sessions = {u: network.login(n, u, PASSWORD, secrets[u]) for u, n in people.items()}
+        network.homes = people
+        # Each node learns the other's people from the login server's directory.
+        wait_for(
+            lambda: (
+                chat_page(network, "alice", "bob").status_code == 200
+                and chat_page(network, "bob", "alice").status_code == 200
+            ),
+            timeout=60,
+            message="alice and bob in each other's directory",
+        )
+        yield network
+
+
+def url(net, user: str, path: str) -> str:
+    return net.node(net.homes[user]).url + path
+
+
+def chat_page(net, user: str, peer: str):
+    return net.sessions[user].get(url(net, user, f"/chat/{peer}/"), timeout=10)
+
+
+def send(net, user: str, peer: str, text: str) -> None:
+    page = chat_page(net, user, peer)
+    response = net.sessions[user].post(
+        url(net, user, f"/chat/{peer}/"),
+        data={"csrfmiddlewaretoken": csrf_token(page.text), "text": text},
+        timeout=10,
+        allow_redirects=False,
+    )
+    assert response.status_code == 302, response.text[:500]
+
+
+def poll(net, user: str, peer: str) -> dict:
+    response = net.sessions[user].get(
+        url(net, user, f"/chat/{peer}/messages.json?after=0"), timeout=10
+    )
+    assert response.status_code == 200, response.text[:500]
+    return response.json()
+
+
+def texts(net, user: str, peer: str, direction: str) -> list[str]:
+    return [m["text"] for m in poll(net, user, peer)["messages"] if m["direction"] == direction]
+
+
+def status_of(net, user: str, peer: str, text: str) -> str | None:
+    answer = poll(net, user, peer)
+    for m in answer["messages"]:
+        if m["text"] == text and m["direction"] == "out":
+            return answer["statuses"].get(str(m["id"]), m["status"])
+    return None
+
+
+def test_a_message_crosses_nodes_intact_and_shows_delivered_then_read(net):
+    text = "Board at 9 👩\u200d💼 — e\u0301 \u05e9\u05dc\u05d5\u05dd \u0645\u0631\u062d\u0628\u0627"
+    send(net, "alice", "bob", text)
+    wait_for(
+        lambda: status_of(net, "alice", "bob", text) == "delivered",
+        timeout=30,
+        message="alice sees delivered",
+    )
+    assert chat_page(net, "bob", "alice").text.count(text) == 1  # bob opens the conversation
+    assert texts(net, "bob", "alice", "in").count(text) == 1
+    wait_for(
+        lambda: status_of(net, "alice", "bob", text) == "read",
+        timeout=30,
+        message="alice sees read after bob opened the conversation",
+    )
+
+
+def test_messages_to_a_node_that_was_down_arrive_once_in_order_by_themselves(net):
+    branch = net.node("branch")
+    branch.stop_web()
+    sent = [f"while down {n}" for n in range(5)]
+    try:
+        for text in sent:
+            send(net, "alice", "bob", text)
+        assert all(status_of(net, "alice", "bob", t) == "queued" for t in sent)
+    finally:
+        branch.start_web()
+    wait_for(
+        lambda: all(t in texts(net, "bob", "alice", "in") for t in sent),
+        timeout=60,
+        message="every queued message on branch",
+    )
+    received = [t for t in texts(net, "bob", "alice", "in") if t.startswith("while down")]
+    assert received == sent
+
+
+def test_a_killed_worker_and_a_flushed_redis_lose_and_duplicate_nothing(net):
+    hq = net.node("hq")
+    first = [f"before kill {n}" for n in range(20)]
+    for text in first:
+        send(net, "alice", "bob", text)
+    hq.stop_worker(kill=True)  # SIGKILL, most likely in the middle of a delivery
+    second = [f"after flush {n}" for n in range(5)]
+    for text in second:
+        send(net, "alice", "bob", text)
+    net.flush_redis()  # the queued delivery tasks are gone; the outbox is not
+    hq.start_worker()
+    wait_for(
+        lambda: all(t in texts(net, "bob", "alice", "in") for t in first + second),
+        timeout=90,
+        message="every message on branch after the worker restarted",
+    )
+    received = texts(net, "bob", "alice", "in")
+    assert all(received.count(t) == 1 for t in first + second)
+    wait_for(
+        lambda: all(
+            status_of(net, "alice", "bob", t) in {"delivered", "read"} for t in first + second
+        ),
+        timeout=60,
+        message="alice sees every message delivered",
+    )
+
+
+def test_a_message_between_two_people_of_one_node_takes_the_same_path(net):
+    text = "same office ✓✓ \u200f\u05e2\u05d1\u05e8\u05d9\u05ea"
+    send(net, "alice", "carol", text)
+    wait_for(
+        lambda: texts(net, "carol", "alice", "in") == [text],
+        timeout=30,
+        message="carol receives alice's message",
+    )
+    wait_for(
+        lambda: status_of(net, "alice", "carol", text) == "read",
+        timeout=30,
+        message="alice sees read once carol's page polled",
+    )
