@@ -18,7 +18,7 @@ def report_presence(exclude_session_hash: str | None = None) -> None:
     try:
         services.report_presence(exclude_session_hash=exclude_session_hash)
     except services.LoginServerError as error:
-        logger.warning("presence report failed", extra={"code": error.code})
+        logger.warning("presence report failed: %s", error.code, extra={"code": error.code})
 
 
 @shared_task(name="peers.tasks.fetch_directory", acks_late=False, ignore_result=True)
@@ -29,4 +29,4 @@ def fetch_directory() -> None:
     try:
         services.fetch_directory()
     except (services.LoginServerError, services.protocol.ProtocolError) as error:
-        logger.warning("directory fetch failed", extra={"code": error.code})
+        logger.warning("directory fetch failed: %s", error.code, extra={"code": error.code})
