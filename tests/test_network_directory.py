@@ -46,6 +46,24 @@ def test_a_login_on_hq_shows_the_user_online_on_branch(net):
     )
 
 
+ETAG_SCRIPT = """
+from peers.client import signed_get
+from peers.identity import local_node
+base = local_node().login_server_url
+for attempt in range(5):
+    first = signed_get(base, "/api/v1/directory")
+    again = signed_get(base, "/api/v1/directory", {"If-None-Match": first.headers["ETag"]})
+    if again.status_code == 304:
+        break
+print(first.status_code, again.status_code, len(again.content))
+"""
+
+
+def test_an_unchanged_directory_costs_a_304_with_no_body(net):
+    result = net.node("branch").manage("shell", "-c", ETAG_SCRIPT)
+    assert result.stdout.strip().splitlines()[-1].split() == ["200", "304", "0"]
+
+
 def test_a_node_that_stops_reporting_shows_its_users_offline_then_online_again(net):
     net.login("hq", "alice", PASSWORD, net.secrets["alice"])
     wait_for(lambda: status_on_branch(net, "alice") == "online", timeout=30, message="online")
