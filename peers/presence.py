@@ -36,9 +36,7 @@ def status_for(*, has_session: bool, last_active: datetime | None, now: datetime
     return "offline"
 
 
-def users_with_live_sessions(
-    *, now: datetime, exclude_session_hash: str | None = None
-) -> set[int]:
+def users_with_live_sessions(*, now: datetime, exclude_session_hash: str | None = None) -> set[int]:
     live = Session.objects.filter(expire_date__gt=now).values("session_key")
     pairs = UserSession.objects.filter(session_key__in=live).values_list("user_id", "session_key")
     return {
