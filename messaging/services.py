@@ -209,7 +209,7 @@ def send_message(*, sender: User, recipient_username: str, text: str) -> Message
         raise errors.MessageTooLong("This message is too long to send; please shorten it.")
     with transaction.atomic():
         message = Message.objects.create(
-            envelope_id=envelope_id,
+            envelope_id=uuid.UUID(envelope_id),
             kind="message",
             owner=sender,
             peer_username=recipient.username,
