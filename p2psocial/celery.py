@@ -26,23 +26,15 @@ def _schedule_periodic_tasks(sender: Celery, **kwargs: object) -> None:
 
     if settings.IS_LOGIN_SERVER:
         return
-    sender.add_periodic_task(
-        settings.PRESENCE_REPORT_INTERVAL_S,
-        sender.signature("peers.tasks.report_presence"),
-        name="report presence",
-    )
-    sender.add_periodic_task(
-        settings.DIRECTORY_FETCH_INTERVAL_S,
-        sender.signature("peers.tasks.fetch_directory"),
-        name="fetch directory",
-    )
-    sender.add_periodic_task(
-        settings.OUTBOX_SWEEP_INTERVAL_S,
-        sender.signature("messaging.tasks.sweep_outbox"),
-        name="sweep outbox",
-    )
-    sender.add_periodic_task(
-        settings.HEARTBEAT_INTERVAL_S,
-        sender.signature("p2psocial.tasks.heartbeat"),
-        name="worker heartbeat",
-    )
+    # A periodic task that waited longer than its own interval is dropped (expires):
+    # while a worker is down, stale reports and sweeps must not pile up in Redis.
+    periodic = [
+        (settings.PRESENCE_REPORT_INTERVAL_S, "peers.tasks.report_presence", "report presence"),
+        (settings.DIRECTORY_FETCH_INTERVAL_S, "peers.tasks.fetch_directory", "fetch directory"),
+        (settings.OUTBOX_SWEEP_INTERVAL_S, "messaging.tasks.sweep_outbox", "sweep outbox"),
+        (settings.HEARTBEAT_INTERVAL_S, "p2psocial.tasks.heartbeat", "worker heartbeat"),
+    ]
+    for interval, task, name in periodic:
+        sender.add_periodic_task(
+            interval, sender.signature(task, options={"expires": interval}), name=name
+        )

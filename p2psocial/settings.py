@@ -205,6 +205,7 @@ PROFILE_PICTURE_MAX_PX = env_int("P2P_PROFILE_PICTURE_MAX_PX", 512)
 SESSION_IDLE_TIMEOUT_S = env_int("P2P_SESSION_IDLE_TIMEOUT_S", 3600)
 ACTIVITY_WRITE_INTERVAL_S = env_float("P2P_ACTIVITY_WRITE_INTERVAL_S", 30.0)
 HEARTBEAT_INTERVAL_S = env_float("P2P_HEARTBEAT_INTERVAL_S", 10.0)
+NONCE_PRUNE_INTERVAL_S = env_float("P2P_NONCE_PRUNE_INTERVAL_S", 300.0)
 
 # --- security -----------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"

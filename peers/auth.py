@@ -9,14 +9,17 @@ transaction as the view's writes, so a request is either wholly applied or not a
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import wraps
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from . import protocol
@@ -57,6 +60,26 @@ def read_body(request: HttpRequest) -> bytes:
     return body
 
 
+_last_prune = 0.0
+
+
+def prune_seen_nonces() -> int:
+    """Forget nonces older than twice the timestamp window: their requests are stale anyway."""
+    cutoff = timezone.now() - timedelta(seconds=2 * settings.REQUEST_MAX_SKEW_S)
+    deleted, _ = SeenNonce.objects.filter(created_at__lt=cutoff).delete()
+    return deleted
+
+
+def _prune_now_and_then() -> None:
+    # Both roles prune from the request path (the login server runs no beat); at most
+    # once per NONCE_PRUNE_INTERVAL_S per process.
+    global _last_prune
+    now = time.monotonic()
+    if now - _last_prune >= settings.NONCE_PRUNE_INTERVAL_S:
+        _last_prune = now
+        prune_seen_nonces()
+
+
 def authenticate(request: HttpRequest, body: bytes, resolve: NodeResolver) -> KnownNode:
     """Verify the Authorization header of a request; raises ProtocolError."""
     auth = protocol.parse_auth_header(request.headers.get("Authorization"))
@@ -69,6 +92,7 @@ def authenticate(request: HttpRequest, body: bytes, resolve: NodeResolver) -> Kn
         body=body,
         max_skew_s=settings.REQUEST_MAX_SKEW_S,
     )
+    _prune_now_and_then()
     try:
         with transaction.atomic():
             SeenNonce.objects.create(node=auth.node, nonce=auth.nonce, timestamp=auth.timestamp)
