@@ -32,8 +32,9 @@ class CodeAuthenticationForm(OTPAdminAuthenticationForm):
         if device is None:
             if not twofactor.has_second_factor(user):
                 raise forms.ValidationError(
-                    "This account has no second factor set up. Log in on the main login page "
-                    "first to set up an authenticator app.",
+                    "This account has no second factor set up. On an office node, log in on "
+                    "the main login page first to set up an authenticator app; otherwise ask "
+                    "for one (manage.py create_person --totp-secret).",
                     code="no_device",
                 )
             raise forms.ValidationError(

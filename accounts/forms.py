@@ -37,7 +37,9 @@ class CodeForm(forms.Form):
 
 def _text_field(model_field: str, *, textarea: bool = False) -> forms.CharField:
     field = Profile._meta.get_field(model_field)
-    widget = forms.Textarea(attrs={"rows": 5}) if textarea else forms.TextInput()
+    # dir="auto": right-to-left text shows right-to-left while it is typed.
+    attrs = {"dir": "auto", "maxlength": field.max_length}
+    widget = forms.Textarea(attrs={**attrs, "rows": 5}) if textarea else forms.TextInput(attrs)
     # strip=False: what the person typed is stored exactly (no trimming, no normalisation).
     return forms.CharField(
         label=field.verbose_name.capitalize(),
