@@ -121,12 +121,12 @@ class Recipient:
     box_key: bytes
 
 
-def resolve_recipient(username: str) -> Recipient:
+def resolve_recipient(username: str, *, local_name: str | None = None) -> Recipient:
     """Where a person lives and their public box key: this node's users first, then the
     directory cache. Raises UnknownRecipient."""
     from peers import directory
 
-    local_name = _local_node_name()
+    local_name = local_name or _local_node_name()
     keys = (
         UserKeys.objects.filter(user__username=username, user__is_active=True)
         .only("box_public")
@@ -146,6 +146,7 @@ def resolve_recipient(username: str) -> Recipient:
 def _seal(
     *,
     sender: User,
+    sender_node: str,
     recipient: Recipient,
     kind: str,
     payload: dict[str, Any],
@@ -160,7 +161,7 @@ def _seal(
         envelope_id=envelope_id,
         kind=kind,
         sender=sender.username,
-        sender_node=_local_node_name(),
+        sender_node=sender_node,
         recipient=recipient.username,
         recipient_node=recipient.node,
         created_ms=created_ms,
@@ -194,11 +195,13 @@ def send_message(*, sender: User, recipient_username: str, text: str) -> Message
     text = validate_text(text)
     if recipient_username == sender.username:
         raise errors.CannotMessageSelf("You cannot send a message to yourself.")
-    recipient = resolve_recipient(recipient_username)
+    local_name = _local_node_name()
+    recipient = resolve_recipient(recipient_username, local_name=local_name)
     envelope_id = protocol.new_envelope_id()
     created_ms = _now_ms()
     sealed = _seal(
         sender=sender,
+        sender_node=local_name,
         recipient=recipient,
         kind="message",
         payload={"text": text},
@@ -247,8 +250,9 @@ def mark_conversation_read(*, viewer: User, peer_username: str) -> int:
     ids = [str(i) for i in unread.order_by("id").values_list("envelope_id", flat=True)]
     if not ids:
         return 0
+    local_name = _local_node_name()
     try:
-        recipient = resolve_recipient(peer_username)
+        recipient = resolve_recipient(peer_username, local_name=local_name)
     except errors.UnknownRecipient:
         recipient = None  # gone from the network: read here, nobody to tell
     now = timezone.now()
@@ -260,6 +264,7 @@ def mark_conversation_read(*, viewer: User, peer_username: str) -> int:
                 envelope_id = protocol.new_envelope_id()
                 sealed = _seal(
                     sender=viewer,
+                    sender_node=local_name,
                     recipient=recipient,
                     kind="read",
                     payload={"ids": ids[start : start + READ_RECEIPT_MAX_IDS]},
