@@ -1,6 +1,11 @@
-"""Report presence at once when someone logs in or out (connected in PeersConfig.ready)."""
+"""Report presence at once on login (second factor verified) and logout.
 
-from django.contrib.auth.signals import user_logged_in, user_logged_out
+Connected in PeersConfig.ready.
+"""
+
+from django.contrib.auth.signals import user_logged_out
+
+from accounts.signals import second_factor_verified
 
 from . import services
 
@@ -16,5 +21,6 @@ def _on_logout(sender, request, user, **kwargs) -> None:
 
 
 def connect() -> None:
-    user_logged_in.connect(_on_login, dispatch_uid="peers.presence.login")
+    # Not user_logged_in: that fires at the password step, before the second factor.
+    second_factor_verified.connect(_on_login, dispatch_uid="peers.presence.login")
     user_logged_out.connect(_on_logout, dispatch_uid="peers.presence.logout")
