@@ -3,7 +3,9 @@
 import os
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import before_task_publish, task_postrun, task_prerun, worker_ready
+
+from .logging import request_id_var
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "p2psocial.settings")
 
@@ -11,6 +13,27 @@ app = Celery("p2psocial")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 app.conf.imports = ("p2psocial.tasks",)
+
+
+@before_task_publish.connect
+def _carry_request_id(headers: dict | None = None, **kwargs: object) -> None:
+    """A task enqueued while serving a request carries its id (to follow one message)."""
+    request_id = request_id_var.get()
+    if headers is not None and request_id != "-":
+        headers.setdefault("p2p_request_id", request_id)
+
+
+@task_prerun.connect
+def _adopt_request_id(task=None, **kwargs: object) -> None:
+    if task is None:
+        return
+    request_id = getattr(task.request, "p2p_request_id", None)
+    request_id_var.set(request_id or f"task-{task.request.id}")
+
+
+@task_postrun.connect
+def _forget_request_id(**kwargs: object) -> None:
+    request_id_var.set("-")
 
 
 @worker_ready.connect

@@ -180,6 +180,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
 CELERY_TASK_DEFAULT_QUEUE = env("P2P_CELERY_QUEUE", f"p2p-{ROLE}-{NODE_NAME or 'default'}")
 CELERY_TIMEZONE = "UTC"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # workers log through LOGGING below, with request ids
 
 # --- intervals and limits (named with their unit) -------------------------------------
 PRESENCE_REPORT_INTERVAL_S = env_float("P2P_PRESENCE_REPORT_INTERVAL_S", 15.0)
