@@ -293,10 +293,9 @@ def seed_directory(nodes: int, people: int) -> None:
 
 
 def run_loginserver_load(net: Network, *, nodes: int, reports: int) -> dict:
-    script = BASE_DIR / "bench" / "loginserver_load.py"
     result = subprocess.run(
-        [PYTHON, str(script), "--url", net.login_server.url, "--nodes", str(nodes),
-         "--reports", str(reports)],
+        [PYTHON, "-m", "bench.loginserver_load", "--url", net.login_server.url,
+         "--nodes", str(nodes), "--reports", str(reports)],
         env=net.login_server.env, cwd=BASE_DIR, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     if result.returncode != 0:
