@@ -31,6 +31,7 @@ from p2psocial.devnet import BASE_DIR, PYTHON, Network, wait_until
 
 PASSWORD = "bench-password-Xq9!"
 RESULTS = BASE_DIR / "bench" / "results"
+PARTS = ("messages", "pages", "loginserver")
 BENCH_SETTINGS = {
     "P2P_LOG_LEVEL": "WARNING",
     "P2P_DIRECTORY_FETCH_INTERVAL_S": "2",
@@ -57,9 +58,15 @@ class Figures:
         ratio = None
         if value is not None and floor_value:
             ratio = round(value / floor_value, 1)
-        row = {"name": name, "value": None if value is None else round(value, 3), "unit": unit,
-               "ratio_to_floor": ratio, "floor": floor, "target": target,
-               "parameters": parameters}  # fmt: skip
+        row = {
+            "name": name,
+            "value": None if value is None else round(value, 3),
+            "unit": unit,
+            "ratio_to_floor": ratio,
+            "floor": floor,
+            "target": target,
+            "parameters": parameters,
+        }
         self.rows.append(row)
         shown = "n/a" if value is None else f"{value:,.2f}"
         ratio_txt = f"x{ratio}" if ratio is not None else ""
@@ -257,15 +264,20 @@ def seed_conversation(owner, peer: str, count: int) -> None:
     now_ms = int(time.time() * 1000)
     rows = [
         Message(
-            envelope_id=uuid.uuid4(), kind="message", owner=owner, peer_username=peer,
+            envelope_id=uuid.uuid4(),
+            kind="message",
+            owner=owner,
+            peer_username=peer,
             sender_username=owner.username if i % 2 else peer,
             recipient_username=peer if i % 2 else owner.username,
-            direction="out" if i % 2 else "in", text=f"history {i} — ünïcödé 🎉",
+            direction="out" if i % 2 else "in",
+            text=f"history {i} — ünïcödé 🎉",
             created_ms=now_ms - (count - i) * 1000,
-            status="read", read_at=datetime.now(timezone.utc),
+            status="read",
+            read_at=datetime.now(timezone.utc),
         )
         for i in range(count)
-    ]  # fmt: skip
+    ]
     Message.objects.bulk_create(rows, batch_size=1000)
 
 
@@ -274,30 +286,54 @@ def seed_directory(nodes: int, people: int) -> None:
 
     statuses = ["online", "away", "offline"]
     peer_nodes = [
-        PeerNode.objects.create(name=f"bench-{i}", url=f"http://127.0.0.1:9/{i}",
-                                sign_key=os.urandom(32), active=True, online=i % 3 != 0)
+        PeerNode.objects.create(
+            name=f"bench-{i}",
+            url=f"http://127.0.0.1:9/{i}",
+            sign_key=os.urandom(32),
+            active=True,
+            online=i % 3 != 0,
+        )
         for i in range(nodes)
-    ]  # fmt: skip
+    ]
     DirectoryUser.objects.bulk_create(
         [
             DirectoryUser(
-                username=f"person{i}", node=peer_nodes[i % nodes], sign_key=os.urandom(32),
-                box_key=os.urandom(32), full_name=f"Person {i} Ωμέγα", position="Director",
-                record=b"{}", record_sig=os.urandom(64), status=statuses[i % 3],
+                username=f"person{i}",
+                node=peer_nodes[i % nodes],
+                sign_key=os.urandom(32),
+                box_key=os.urandom(32),
+                full_name=f"Person {i} Ωμέγα",
+                position="Director",
+                record=b"{}",
+                record_sig=os.urandom(64),
+                status=statuses[i % 3],
                 last_seen=datetime.now(timezone.utc),
             )
             for i in range(people)
         ],
         batch_size=500,
-    )  # fmt: skip
+    )
 
 
 def run_loginserver_load(net: Network, *, nodes: int, reports: int) -> dict:
     result = subprocess.run(
-        [PYTHON, "-m", "bench.loginserver_load", "--url", net.login_server.url,
-         "--nodes", str(nodes), "--reports", str(reports)],
-        env=net.login_server.env, cwd=BASE_DIR, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            PYTHON,
+            "-m",
+            "bench.loginserver_load",
+            "--url",
+            net.login_server.url,
+            "--nodes",
+            str(nodes),
+            "--reports",
+            str(reports),
+        ],
+        env=net.login_server.env,
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"login server load failed:\n{result.stdout}\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -309,7 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller counts, under 2 minutes")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary network folder")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        help="measure only these parts (floors always); repeatable",
+    )
     args = parser.parse_args(argv)
+    parts = set(args.only or PARTS)
     q = args.quick
     n_floor = 200 if q else 1000
     n_latency = 100 if q else 500
@@ -337,8 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         from accounts.models import User
         from peers.models import DirectoryUser
 
-        wait_until(lambda: DirectoryUser.objects.filter(username="rcv4").exists(), timeout=60,
-                   message="hq's directory lists branch's people")  # fmt: skip
+        wait_until(
+            lambda: DirectoryUser.objects.filter(username="rcv4").exists(),
+            timeout=60,
+            message="hq's directory lists branch's people",
+        )
         senders = list(User.objects.filter(username__startswith="snd").order_by("username"))
 
         print("\nfloors (same machine, same run)")
@@ -350,71 +396,122 @@ def main(argv: list[str] | None = None) -> int:
         figures.add("floor: one SQLite WAL commit p50", f_sqlite, "ms", n=n_floor)
         floor_path = f_celery + f_http + f_sqlite
 
-        print("\nmessage path")
-        path = MessagePath(net)
-        path.send(senders[0], "rcv1", "warm-up")
-        stored, delivered = measure_latency(path, senders[0], n_latency)
-        for label, values, target in (
-            ("send -> stored on recipient node", stored, "p50<=15 p99<=50"),
-            ("send -> sender sees delivered", delivered, "p50<=20 p99<=60"),
-        ):
-            for p in (50, 99):
-                figures.add(f"{label} p{p}", pct(values, p), "ms", "celery+http+sqlite",
-                            floor_path, target=target, n=n_latency)  # fmt: skip
+        if "messages" in parts:
+            print("\nmessage path")
+            path = MessagePath(net)
+            path.send(senders[0], "rcv1", "warm-up")
+            stored, delivered = measure_latency(path, senders[0], n_latency)
+            for label, values, target in (
+                ("send -> stored on recipient node", stored, "p50<=15 p99<=50"),
+                ("send -> sender sees delivered", delivered, "p50<=20 p99<=60"),
+            ):
+                for p in (50, 99):
+                    figures.add(
+                        f"{label} p{p}",
+                        pct(values, p),
+                        "ms",
+                        "celery+http+sqlite",
+                        floor_path,
+                        target=target,
+                        n=n_latency,
+                    )
 
-        t0 = time.time()
-        ids = send_many(path, senders, n_throughput, threads=4)
-        t_sent = time.time()
-        t_done = wait_delivered(path, ids, timeout=600)
-        distinct, rows = path.received_count(ids)
-        figures.add("throughput hq -> branch, acknowledged", len(ids) / (t_done - t0), "msg/s",
-                    target=">=1000", n=len(ids), send_phase_s=round(t_sent - t0, 2))  # fmt: skip
-        figures.add("throughput: lost", len(ids) - distinct, "messages", target="0")
-        figures.add("throughput: duplicated", rows - distinct, "messages", target="0")
+            t0 = time.time()
+            ids = send_many(path, senders, n_throughput, threads=4)
+            t_sent = time.time()
+            t_done = wait_delivered(path, ids, timeout=600)
+            distinct, rows = path.received_count(ids)
+            figures.add(
+                "throughput hq -> branch, acknowledged",
+                len(ids) / (t_done - t0),
+                "msg/s",
+                target=">=1000",
+                n=len(ids),
+                send_phase_s=round(t_sent - t0, 2),
+            )
+            figures.add("throughput: lost", len(ids) - distinct, "messages", target="0")
+            figures.add("throughput: duplicated", rows - distinct, "messages", target="0")
 
-        # Backlog: branch is down (all its processes), messages queue on hq.
-        branch.stop()
-        wait_until(lambda: not DirectoryUser.objects.filter(username="rcv1", node__online=True)
-                   .exists(), timeout=120, message="hq sees branch offline")  # fmt: skip
-        ids = send_many(path, senders, n_backlog, threads=4)
-        branch.start_web()
-        t_up = time.time()
-        branch.start_worker()
-        branch.start_beat()
-        t_done = wait_delivered(path, ids, timeout=600)
-        distinct, rows = path.received_count(ids)
+            # Backlog: branch is down (all its processes), messages queue on hq.
+            branch.stop()
+            wait_until(
+                lambda: (
+                    not DirectoryUser.objects.filter(username="rcv1", node__online=True).exists()
+                ),
+                timeout=120,
+                message="hq sees branch offline",
+            )
+            ids = send_many(path, senders, n_backlog, threads=4)
+            branch.start_web()
+            t_up = time.time()
+            branch.start_worker()
+            branch.start_beat()
+            t_done = wait_delivered(path, ids, timeout=600)
+            distinct, rows = path.received_count(ids)
+            figures.add(
+                "backlog drain after branch is back",
+                t_done - t_up,
+                "s",
+                target="<=20",
+                n=len(ids),
+                lost=len(ids) - distinct,
+                duplicated=rows - distinct,
+            )
+
+        if "pages" in parts:
+            print("\npages")
+            owner = senders[1]
+            seed_conversation(owner, "rcv2", n_history)
+            session = net_login(net, "hq", owner.username, secrets_by_user[owner.username])
+            times = page_times(session, f"{hq.url}/chat/rcv2/", n_pages)
+            figures.add(
+                "conversation page, 10,000 messages of history p50",
+                pct(times, 50),
+                "ms",
+                "http floor",
+                f_http,
+                target="<=50",
+                n=n_pages,
+            )
+            hq.stop_beat()  # keep the seeded directory while the users page is measured
+            seed_directory(nodes=20, people=1000)
+            times = page_times(session, f"{hq.url}/users/", n_pages)
+            figures.add(
+                "users page, 1,000 people across 20 nodes p50",
+                pct(times, 50),
+                "ms",
+                "http floor",
+                f_http,
+                target="<=50",
+                n=n_pages,
+            )
+
+        if "loginserver" in parts:
+            print("\nlogin server")
+            load = run_loginserver_load(net, nodes=100, reports=1000 if q else 5000)
+            figures.add(
+                "login server: signed presence reports (100 nodes)",
+                load["reports_per_s"],
+                "reports/s",
+                target=">=1000",
+                **load["parameters"],
+            )
+            figures.add(
+                "login server: unchanged directory answered 304 p50",
+                load["etag_304_p50_ms"],
+                "ms",
+                "http floor",
+                f_http,
+                target="<=2",
+            )
+
         figures.add(
-            "backlog drain after branch is back",
-            t_done - t_up,
-            "s",
-            target="<=20",
-            n=len(ids),
-            lost=len(ids) - distinct,
-            duplicated=rows - distinct,
+            "one 50 MB file A -> B",
+            None,
+            "MB/s",
+            target=">=50",
+            note="not measured: file transfer ([files]) is not built yet",
         )
-
-        print("\npages")
-        owner = senders[1]
-        seed_conversation(owner, "rcv2", n_history)
-        session = net_login(net, "hq", owner.username, secrets_by_user[owner.username])
-        times = page_times(session, f"{hq.url}/chat/rcv2/", n_pages)
-        figures.add("conversation page, 10,000 messages of history p50", pct(times, 50), "ms",
-                    "http floor", f_http, target="<=50", n=n_pages)  # fmt: skip
-        hq.stop_beat()  # keep the seeded directory while the users page is measured
-        seed_directory(nodes=20, people=1000)
-        times = page_times(session, f"{hq.url}/users/", n_pages)
-        figures.add("users page, 1,000 people across 20 nodes p50", pct(times, 50), "ms",
-                    "http floor", f_http, target="<=50", n=n_pages)  # fmt: skip
-
-        print("\nlogin server")
-        load = run_loginserver_load(net, nodes=100, reports=1000 if q else 5000)
-        figures.add("login server: signed presence reports (100 nodes)", load["reports_per_s"],
-                    "reports/s", target=">=1000", **load["parameters"])  # fmt: skip
-        figures.add("login server: unchanged directory answered 304 p50", load["etag_304_p50_ms"],
-                    "ms", "http floor", f_http, target="<=2")  # fmt: skip
-
-        figures.add("one 50 MB file A -> B", None, "MB/s", target=">=50",
-                    note="not measured: file transfer ([files]) is not built yet")  # fmt: skip
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
@@ -438,8 +535,16 @@ def net_create(net: Network, node: str, username: str) -> str:
     import secrets
 
     secret = base64.b32encode(secrets.token_bytes(20)).decode()
-    net.node(node).manage("create_person", username, "--password-stdin", "--totp-secret", secret,
-                          "--full-name", username.title(), input=PASSWORD + "\n")  # fmt: skip
+    net.node(node).manage(
+        "create_person",
+        username,
+        "--password-stdin",
+        "--totp-secret",
+        secret,
+        "--full-name",
+        username.title(),
+        input=PASSWORD + "\n",
+    )
     return secret
 
 
@@ -452,14 +557,18 @@ def net_login(net: Network, node: str, username: str, secret: str) -> requests.S
     session = requests.Session()
     page = session.get(f"{base}/login/", timeout=10)
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    page = session.post(f"{base}/login/", data={"csrfmiddlewaretoken": token,
-                        "username": username, "password": PASSWORD}, timeout=10)  # fmt: skip
+    page = session.post(
+        f"{base}/login/",
+        data={"csrfmiddlewaretoken": token, "username": username, "password": PASSWORD},
+        timeout=10,
+    )
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
     import base64
 
     code = f"{totp(base64.b32decode(secret)):06d}"
-    page = session.post(f"{base}/login/code/", data={"csrfmiddlewaretoken": token, "code": code},
-                        timeout=10)  # fmt: skip
+    page = session.post(
+        f"{base}/login/code/", data={"csrfmiddlewaretoken": token, "code": code}, timeout=10
+    )
     page.raise_for_status()
     return session
 

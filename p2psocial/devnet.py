@@ -214,6 +214,7 @@ class Server:
                 PYTHON, "-m", "uvicorn", "p2psocial.asgi:application",
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--no-access-log", "--lifespan", "off", "--timeout-keep-alive", "30",
+                "--loop", "uvloop", "--http", "httptools",
             ],
         )  # fmt: skip
         proc.start()
