@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from django import forms
+from django.template.response import TemplateResponse
+from django.urls import path
 from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -49,6 +51,21 @@ class P2PAdminSite(OTPAdminSite):
     index_title = "Administration"
     login_form = CodeAuthenticationForm
     login_template = "admin/otp_login.html"
+    index_template = "admin/p2p_index.html"
+
+    def get_urls(self):
+        return [
+            path("health/", self.admin_view(self.health_view), name="health"),
+            *super().get_urls(),
+        ]
+
+    def health_view(self, request):
+        """The figures of /health, for staff: database, Redis, worker, queue, login server."""
+        from p2psocial.health import collect
+
+        figures = collect()
+        context = {**self.each_context(request), "title": "Health", "figures": figures}
+        return TemplateResponse(request, "admin/health.html", context)
 
 
 admin_site = P2PAdminSite(name="admin")

@@ -19,6 +19,8 @@ def collect() -> dict:
         checks["database"] = "ok"
     except Exception as exc:  # reported, not raised: this endpoint must answer
         checks["database"] = f"error: {type(exc).__name__}"
+    if not settings.IS_LOGIN_SERVER:
+        checks["worker_heartbeat_age_s"] = None
     try:
         r = redis_client.get()
         r.ping()
