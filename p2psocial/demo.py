@@ -24,10 +24,10 @@ from urllib.parse import quote
 from .devnet import BASE_DIR, Network
 
 PEOPLE = [
-    ("hq", "alice", "Alice Martin", "Chief Executive Officer"),
-    ("hq", "bob", "Bob Okafor", "Chief Financial Officer"),
-    ("branch", "carol", "Carol Nguyễn", "Head of Sales"),
-    ("branch", "dave", "Dávid Kovács", "Chief Technology Officer"),
+    ("hq", "alice", "Alice Martin", "Chief Executive Officer", "Paris", (52, 101, 164)),
+    ("hq", "bob", "Bob Okafor", "Chief Financial Officer", "Paris", (46, 139, 87)),
+    ("branch", "carol", "Carol Nguyễn", "Head of Sales", "Lyon", (178, 34, 52)),
+    ("branch", "dave", "Dávid Kovács", "Chief Technology Officer", "Lyon", (120, 81, 169)),
 ]
 DEMO_SETTINGS = {
     "P2P_PRESENCE_REPORT_INTERVAL_S": "5",
@@ -41,14 +41,31 @@ def otpauth_uri(username: str, node: str, secret: str) -> str:
     return f"otpauth://totp/{label}?secret={secret}&issuer=p2psocial&digits=6&period=30"
 
 
+def make_picture(path: Path, initials: str, colour: tuple[int, int, int]) -> Path:
+    """A plain avatar: initials on a coloured square."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.new("RGB", (256, 256), colour)
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=110)
+    draw.text((128, 128), initials, fill=(255, 255, 255), font=font, anchor="mm")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, "PNG")
+    return path
+
+
 def create_people(net: Network) -> list[dict]:
     people = []
-    for node, username, full_name, position in PEOPLE:
+    for node, username, full_name, position, location, colour in PEOPLE:
         password = "-".join(secrets.token_urlsafe(6) for _ in range(3))
         secret = base64.b32encode(secrets.token_bytes(20)).decode()
+        initials = "".join(part[0] for part in full_name.split()[:2])
+        picture = make_picture(net.root / "pictures" / f"{username}.png", initials, colour)
         net.node(node).manage(
             "create_person", username,
-            "--full-name", full_name, "--position", position,
+            "--full-name", full_name, "--position", position, "--location", location,
+            "--description", f"{position} at the {node} office. Ask me anything ✨",
+            "--picture", str(picture),
             "--password-stdin", "--totp-secret", secret,
             input=password + "\n",
         )  # fmt: skip

@@ -75,6 +75,10 @@ def test_the_demo_runs_a_network_where_people_log_in_and_talk_and_ctrl_c_stops_i
         hq = facts["nodes"]["hq"]["url"]
         session = login(hq, "alice", alice["password"], alice["totp_secret"])
 
+        picture = session.get(f"{hq}/people/bob/picture", timeout=10)
+        assert picture.status_code == 200
+        assert picture.headers["Content-Type"].startswith("image/")
+
         chat = f"{hq}/chat/carol/"
         wait_for(lambda: session.get(chat, timeout=10).status_code == 200, timeout=60,
                  message="hq's directory lists carol")  # fmt: skip

@@ -1,5 +1,6 @@
 """manage.py create_person USERNAME [--full-name ..] [--position ..] [--staff]
-[--password-stdin | --password P] [--totp-secret BASE32]"""
+[--password-stdin | --password P] [--totp-secret BASE32] [--location ..] [--description ..]
+[--picture FILE]"""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from accounts import services, twofactor
-from accounts.errors import CodeRejected
+from accounts.errors import CodeRejected, PictureRejected
 from accounts.models import User
 from peers.protocol import fingerprint
 
@@ -36,6 +37,11 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--totp-secret", help="base32 authenticator secret to install, confirmed"
+        )
+        parser.add_argument("--location", default="")
+        parser.add_argument("--description", default="")
+        parser.add_argument(
+            "--picture", help="an image file for the profile (checked and re-encoded)"
         )
 
     def handle(self, *args, **options) -> None:
@@ -62,6 +68,12 @@ class Command(BaseCommand):
                 )
                 if options["totp_secret"]:
                     twofactor.add_totp_device(user=user, secret_b32=options["totp_secret"])
+                if options["picture"] or options["location"] or options["description"]:
+                    self._set_profile(user, options)
+        except OSError as exc:
+            raise CommandError(f"cannot read the picture: {exc.strerror}") from exc
+        except PictureRejected as exc:
+            raise CommandError(exc.message) from exc
         except ValidationError as exc:
             raise CommandError("password refused: " + " ".join(exc.messages)) from exc
         except CodeRejected as exc:
@@ -76,3 +88,18 @@ class Command(BaseCommand):
             self.stdout.write("authenticator: set up at first login")
         if generated:
             self.stdout.write(f"generated password: {password}")
+
+    def _set_profile(self, user: User, options: dict) -> None:
+        profile = user.profile
+        fields = {
+            "user": user,
+            "full_name": profile.full_name,
+            "position": profile.position,
+            "location": options["location"],
+            "description": options["description"],
+        }
+        if options["picture"]:
+            with open(options["picture"], "rb") as picture:
+                services.update_profile(**fields, picture=picture)
+        else:
+            services.update_profile(**fields)
