@@ -111,3 +111,15 @@ def change_password(*, request: HttpRequest, user: User, new_password: str) -> N
     sessions.forget_session(session_key=old_key)
     sessions.remember_session(user=user, session_key=request.session.session_key)
     logger.info("password changed", extra={"user_id": user.pk})
+
+
+def rotate_keys(*, user: User) -> UserKeys:
+    """Replace a person's signing and encryption keys; the old private keys are gone.
+
+    The next presence report publishes the new public keys; peers then show a key change.
+    """
+    with transaction.atomic():
+        UserKeys.objects.filter(user=user).delete()
+        keys = create_keys(user)
+    logger.info("user keys rotated", extra={"user": user.username})
+    return keys
