@@ -38,7 +38,7 @@ class Command(BaseCommand):
             self.stdout.write("database   -> not copied: use pg_dump for PostgreSQL")
         key_file = Path(settings.MASTER_KEY_FILE)
         if settings.MASTER_KEY_B64:
-            self.stdout.write("master key -> not copied: it comes from P2P_MASTER_KEY; keep it safe")
+            self.stdout.write("master key -> not copied: it comes from P2P_MASTER_KEY")
         elif key_file.exists():
             shutil.copy2(key_file, dest / "master.key")
             (dest / "master.key").chmod(0o600)
