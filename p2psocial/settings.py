@@ -272,7 +272,9 @@ if PRODUCTION:
 # --- static and media ---------------------------------------------------------------
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = DATA_DIR / "staticfiles"
+# WhiteNoise serves static files straight from the finders; set P2P_STATIC_ROOT only to
+# run collectstatic (e.g. for a proxy that serves /static/ itself).
+STATIC_ROOT = env("P2P_STATIC_ROOT")
 MEDIA_ROOT = DATA_DIR / "media"
 MEDIA_URL = "/media/"  # never served directly: views check access first
 WHITENOISE_USE_FINDERS = True

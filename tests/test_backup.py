@@ -16,7 +16,7 @@ CHECK_KEYS = (
 
 
 def manage(data_dir: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("P2P_", "DJANGO_"))}
     env.update({"P2P_ROLE": "node", "P2P_DATA_DIR": str(data_dir), "P2P_NODE_NAME": "hq"})
     return subprocess.run(
         [sys.executable, "manage.py", *args],

@@ -11,7 +11,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def production_env(tmp_path: Path, role: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P2P_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("P2P_", "DJANGO_"))}
     env.update(
         {
             "P2P_ROLE": role,
