@@ -44,6 +44,9 @@ DELIVER_TASK = "messaging.tasks.deliver_to_node"
 RETRYABLE_CODES = frozenset({"unknown_sender", "sender_not_on_node", "bad_envelope_signature"})
 READ_RECEIPT_MAX_IDS = 400  # keeps one receipt envelope well under MAX_ENVELOPE_BYTES
 MAX_BATCHES_PER_RUN = 200
+# While a delivery task for a node is queued or draining, sends skip enqueueing another
+# one (the drain picks their rows up). The flag expires on its own if a worker dies.
+SCHEDULED_FLAG_TTL_S = 30
 BATCH_BODY_HEADROOM_BYTES = 4096
 
 
@@ -53,15 +56,15 @@ def _now_ms() -> int:
 
 
 def _local_node_name() -> str:
-    from peers.identity import local_node
+    from peers.client import local_identity
 
-    return local_node().name
+    return local_identity().name
 
 
 def _node_signing_key():
-    from peers.identity import node_signing_key
+    from peers.client import local_identity
 
-    return node_signing_key()
+    return local_identity().signing_key
 
 
 def _scheduled_key(node: str) -> str:
@@ -73,11 +76,15 @@ def _enqueue(node: str, *, force: bool = False) -> None:
     from p2psocial.celery import app
 
     try:
-        if not force and not redis_client.get().set(_scheduled_key(node), b"1", nx=True, ex=30):
+        if not force and not redis_client.get().set(
+            _scheduled_key(node), b"1", nx=True, ex=SCHEDULED_FLAG_TTL_S
+        ):
             return
         app.send_task(DELIVER_TASK, args=[node])
     except (redis.RedisError, BrokerError) as exc:
         # The outbox row is committed: the sweeper enqueues it once Redis is back.
+        with contextlib.suppress(redis.RedisError):
+            redis_client.get().delete(_scheduled_key(node))
         logger.warning("delivery not enqueued", extra={"node": node, "error": type(exc).__name__})
 
 
@@ -777,16 +784,19 @@ def deliver_pending(*, node: str) -> DeliveryResult:
     stores each envelope once and acknowledges a duplicate identically.
     """
     result = DeliveryResult(node=node)
-    with contextlib.suppress(redis.RedisError):
-        redis_client.get().delete(_scheduled_key(node))
     for _ in range(3):
         with _node_lock(node) as lock:
             if lock is False:
                 result.busy = True
                 return result
             _drain(node, lock, result)
-        # A send that arrived while we held the lock may have skipped its own task.
-        if result.retry_in_s is not None or result.more or not _has_due(node):
+        if result.retry_in_s is not None or result.more:
+            return result  # this task runs again (or the sweeper does): keep the flag
+        # Sends skipped their own task while the flag was set. Clear it, then look once
+        # more: a row committed before the clear is seen here, a later send enqueues.
+        with contextlib.suppress(redis.RedisError):
+            redis_client.get().delete(_scheduled_key(node))
+        if not _has_due(node):
             return result
     result.more = _has_due(node)
     return result

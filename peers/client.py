@@ -3,18 +3,53 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
+from django.db.models.signals import post_delete, post_save
+from nacl.signing import SigningKey
 
 from p2psocial.logging import request_id_var
 
 from . import protocol
 from .identity import local_node, node_signing_key
+from .models import NodeIdentity
 
 _sessions: dict[str, requests.Session] = {}
 _lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class LocalIdentity:
+    name: str
+    signing_key: SigningKey
+
+
+_identity: LocalIdentity | None = None
+
+
+def local_identity() -> LocalIdentity:
+    """This node's name and key, read once per process: every message and every signed
+    request needs them. Raises NotJoined before joining (nothing is cached then)."""
+    global _identity
+    identity = _identity
+    if identity is None:
+        # The decrypted node key stays in this process's memory only, as node_signing_key
+        # already keeps it; the row is written once (join) and a write drops this copy.
+        identity = LocalIdentity(local_node().name, node_signing_key())
+        _identity = identity
+    return identity
+
+
+def _forget_identity(**kwargs: object) -> None:
+    global _identity
+    _identity = None
+
+
+post_save.connect(_forget_identity, sender=NodeIdentity, dispatch_uid="peers.client.identity")
+post_delete.connect(_forget_identity, sender=NodeIdentity, dispatch_uid="peers.client.identity")
 
 
 def session_for(base_url: str) -> requests.Session:
@@ -32,10 +67,10 @@ def session_for(base_url: str) -> requests.Session:
 def _headers(method: str, base_url: str, path: str, body: bytes) -> dict[str, str]:
     # The signature covers the full path as the receiver sees it (prefix of base_url included).
     full_path = urlsplit(base_url).path.rstrip("/") + path
-    identity = local_node()
+    identity = local_identity()
     headers = {
         "Authorization": protocol.sign_request(
-            node_signing_key(), node=identity.name, method=method, path=full_path, body=body
+            identity.signing_key, node=identity.name, method=method, path=full_path, body=body
         ),
         "Content-Type": "application/json",
     }
