@@ -68,12 +68,19 @@ from __future__ import annotations
 
 import logging
 
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from peers import protocol
-from peers.auth import KnownNode, authenticate, error_response, read_body, signed_endpoint
+from peers.auth import (
+    KnownNode,
+    error_response,
+    read_body,
+    record_nonce,
+    signed_endpoint,
+    verify_signed_request,
+    write_transaction,
+)
 
 from . import directory, services
 
@@ -138,8 +145,9 @@ def directory_view(request: HttpRequest) -> HttpResponse:
         return error_response(protocol.ProtocolError("method_not_allowed", "use GET", 405))
     try:
         body = read_body(request)
-        with transaction.atomic():
-            authenticate(request, body, services.resolve_node)
+        _, auth = verify_signed_request(request, body, services.resolve_node)
+        with write_transaction():
+            record_nonce(auth)
     except protocol.ProtocolError as error:
         return _refused(request, error)
     snap = directory.snapshot()

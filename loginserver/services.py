@@ -12,7 +12,8 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 from nacl.signing import SigningKey
 
@@ -64,8 +65,10 @@ def server_fingerprint() -> str:
 # --- the directory version -----------------------------------------------------------
 def bump_directory_version() -> None:
     """Mark the directory changed; every process rebuilds its cached answer on next read."""
-    DirectoryVersion.objects.bulk_create([DirectoryVersion(pk=1)], ignore_conflicts=True)
-    DirectoryVersion.objects.filter(pk=1).update(token=uuid.uuid4().hex)
+    token = uuid.uuid4().hex
+    if not DirectoryVersion.objects.filter(pk=1).update(token=token):
+        DirectoryVersion.objects.bulk_create([DirectoryVersion(pk=1)], ignore_conflicts=True)
+        DirectoryVersion.objects.filter(pk=1).update(token=token)
 
 
 # --- enrolment -------------------------------------------------------------------------
@@ -236,6 +239,19 @@ def _sign_record(row: UserRecord, node: Node, key: SigningKey, now_s: int) -> No
     row.record_sig = protocol.sign_user_record(key, row.record)
 
 
+_PRESENCE_SQL = (
+    "UPDATE loginserver_userrecord SET status = %s, last_seen = %s, updated_at = %s WHERE id = %s"
+)
+
+
+def _store_presence(rows: list[UserRecord], now: datetime) -> None:
+    """One statement run per changed row: presence changes on almost every report, and
+    bulk_update's per-row CASE expressions cost more to build than the writes."""
+    updated_at = connection.ops.adapt_datetimefield_value(now)
+    with connection.cursor() as cursor:
+        cursor.executemany(_PRESENCE_SQL, [(r.status, r.last_seen, updated_at, r.pk) for r in rows])
+
+
 def _node_is_online(node: Node, now: datetime) -> bool:
     return (
         node.last_report_at is not None
@@ -255,15 +271,19 @@ def accept_report(*, node: Node, report: Report) -> ReportResult:
     """Store a node's users and presence in one transaction; re-sign only what changed.
 
     The report is the node's complete list: its users missing from it are removed. A
-    username that belongs to another node refuses the whole report.
+    username that belongs to another node refuses the whole report. An unchanged report
+    costs one read and one UPDATE of the node.
     """
     now = timezone.now()
     now_s = int(now.timestamp())
     renew_before = now_s + settings.USER_RECORD_LIFETIME_S // 2
     names = [u.username for u in report.users]
-    with transaction.atomic():
-        existing = {r.username: r for r in UserRecord.objects.filter(username__in=names)}
-        foreign = sorted(n for n, r in existing.items() if r.node_id != node.pk)
+    # Inside the signed request's transaction this is part of it (no savepoint).
+    with transaction.atomic(savepoint=False):
+        # One read: the reported names (whoever owns them) and this node's current users.
+        rows = UserRecord.objects.filter(Q(username__in=names) | Q(node_id=node.pk))
+        existing = {r.username: r for r in rows}
+        foreign = sorted(n for n in names if n in existing and existing[n].node_id != node.pk)
         if foreign:
             raise ProtocolError(
                 "user_owned_by_other_node", f"{foreign[0]} belongs to another node", 409
@@ -274,7 +294,12 @@ def accept_report(*, node: Node, report: Report) -> ReportResult:
             node.url = report.url
             visible_change = True
         node.last_report_at = now
-        Node.objects.filter(pk=node.pk).update(url=node.url, last_report_at=now)
+        # Checked here, in the write transaction: a node revoked since its request was
+        # verified stores nothing.
+        if not Node.objects.filter(pk=node.pk, active=True).update(
+            url=node.url, last_report_at=now
+        ):
+            raise ProtocolError("node_revoked", "this node was revoked", 403)
 
         key: SigningKey | None = None
         created: list[UserRecord] = []
@@ -332,8 +357,12 @@ def accept_report(*, node: Node, report: Report) -> ReportResult:
                 ],
             )
         if presence:
-            UserRecord.objects.bulk_update(presence, ["status", "last_seen", "updated_at"])
-        removed, _ = UserRecord.objects.filter(node=node).exclude(username__in=names).delete()
+            _store_presence(presence, now)
+        reported = set(names)
+        gone = [
+            r.pk for r in existing.values() if r.node_id == node.pk and r.username not in reported
+        ]
+        removed = UserRecord.objects.filter(pk__in=gone).delete()[0] if gone else 0
         if created or resigned or presence or removed or visible_change:
             bump_directory_version()
     result = ReportResult(

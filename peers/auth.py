@@ -1,23 +1,25 @@
 """Incoming signed requests: one decorator for every server-to-server endpoint.
 
 It enforces the body limit, parses and verifies the node signature (timestamp window
-and signature via peers.protocol), refuses a reused nonce, and maps every
-ProtocolError to a JSON 4xx with a stable code. The nonce is recorded in the same
+and signature via peers.protocol) before any write, refuses a reused nonce, and maps
+every ProtocolError to a JSON 4xx with a stable code. The nonce is recorded in the same
 transaction as the view's writes, so a request is either wholly applied or not at all.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import wraps
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection, transaction
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -80,8 +82,14 @@ def _prune_now_and_then() -> None:
         prune_seen_nonces()
 
 
-def authenticate(request: HttpRequest, body: bytes, resolve: NodeResolver) -> KnownNode:
-    """Verify the Authorization header of a request; raises ProtocolError."""
+def verify_signed_request(
+    request: HttpRequest, body: bytes, resolve: NodeResolver
+) -> tuple[KnownNode, protocol.RequestAuth]:
+    """Check the Authorization header, the node and its signature; reads only, no writes.
+
+    Runs before the write transaction, so a forged or stale request never takes the
+    database's write lock.
+    """
     auth = protocol.parse_auth_header(request.headers.get("Authorization"))
     node = resolve(auth.node)
     protocol.verify_request(
@@ -92,13 +100,52 @@ def authenticate(request: HttpRequest, body: bytes, resolve: NodeResolver) -> Kn
         body=body,
         max_skew_s=settings.REQUEST_MAX_SKEW_S,
     )
+    return node, auth
+
+
+_CLAIM_NONCE_SQL = (
+    "INSERT INTO peers_seennonce (node, nonce, timestamp, created_at) "
+    "VALUES (%s, %s, %s, %s) ON CONFLICT (node, nonce) DO NOTHING"
+)
+
+
+def record_nonce(auth: protocol.RequestAuth) -> None:
+    """Claim the request's nonce in the caller's transaction; a second claim is a replay.
+
+    One INSERT that skips a conflict (no savepoint, no exception round trip): the unique
+    (node, nonce) constraint decides, and a rowcount of 0 means the nonce was seen.
+    """
     _prune_now_and_then()
-    try:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CLAIM_NONCE_SQL,
+            [
+                auth.node,
+                auth.nonce,
+                auth.timestamp,
+                connection.ops.adapt_datetimefield_value(timezone.now()),
+            ],
+        )
+        claimed = cursor.rowcount
+    if claimed != 1:
+        raise protocol.ProtocolError("replayed_nonce", "this nonce was already used", 401)
+
+
+# SQLite has one writer. Threads of this process that queue on its busy handler sleep
+# in steps of up to 100 ms; queueing them here hands the lock over at once instead.
+# Other processes (the worker, a second web process) still meet the busy timeout.
+_sqlite_writer = threading.Lock()
+
+
+@contextmanager
+def write_transaction() -> Iterator[None]:
+    """One atomic write transaction, queued in-process first when the database is SQLite."""
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
         with transaction.atomic():
-            SeenNonce.objects.create(node=auth.node, nonce=auth.nonce, timestamp=auth.timestamp)
-    except IntegrityError:
-        raise protocol.ProtocolError("replayed_nonce", "this nonce was already used", 401) from None
-    return node
+            yield
+        return
+    with _sqlite_writer, transaction.atomic():
+        yield
 
 
 def signed_endpoint(resolve: NodeResolver, *, methods: tuple[str, ...] = ("POST",)):
@@ -115,9 +162,10 @@ def signed_endpoint(resolve: NodeResolver, *, methods: tuple[str, ...] = ("POST"
                 return error_response(error)
             try:
                 body = read_body(request)
-                with transaction.atomic():
-                    node = authenticate(request, body, resolve)
-                    request.signed_body = body
+                node, auth = verify_signed_request(request, body, resolve)
+                request.signed_body = body
+                with write_transaction():
+                    record_nonce(auth)
                     result = view(request, node, *args, **kwargs)
             except protocol.ProtocolError as error:
                 logger.warning(
