@@ -36,23 +36,28 @@ def directory_freshness(now: datetime | None = None) -> Freshness:
     return Freshness(last_success_at=last, stale=stale)
 
 
-def listed_users():
-    """Everyone in the network: online first, then away, then offline; one query."""
-    return (
+@dataclass(frozen=True)
+class ListedUser:
+    username: str
+    full_name: str
+    position: str
+    status: str
+    last_seen: datetime | None
+    node_name: str
+
+
+def listed_users() -> list[ListedUser]:
+    """Everyone in the network: online first, then away, then offline; one query.
+
+    Plain rows, not model instances: the users page lists every person of the network.
+    """
+    rows = (
         DirectoryUser.objects.filter(listed=True, node__active=True)
-        .select_related("node")
-        .only(
-            "username",
-            "full_name",
-            "position",
-            "status",
-            "last_seen",
-            "keys_changed_at",
-            "node__name",
-        )
         .annotate(status_order=_STATUS_ORDER)
         .order_by("status_order", "full_name", "username")
+        .values_list("username", "full_name", "position", "status", "last_seen", "node__name")
     )
+    return [ListedUser(*row) for row in rows]
 
 
 def login_server_health() -> dict:

@@ -286,6 +286,21 @@ def test_the_users_page_uses_a_fixed_number_of_queries(client, django_assert_max
     assert response.content.decode().count('class="user-row') == 50
 
 
+def test_the_users_page_escapes_what_the_directory_says(client):
+    hq = join_as("hq")
+    viewer, _ = make_person("viewer")
+    report(
+        hq,
+        person("mallory", "away", full_name="<script>alert(1)</script>", position='"><img src=x>'),
+    )
+    sync()
+    page = logged_in_client(client, viewer).get("/users/").content.decode()
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<img src=x>" not in page
+    assert "&quot;&gt;&lt;img src=x&gt;" in page
+
+
 def test_a_stale_directory_shows_a_banner_and_unknown_presence(client):
     hq = join_as("hq")
     viewer, _ = make_person("viewer")
