@@ -97,12 +97,8 @@ def snapshot() -> Snapshot:
     version = current_version()
     now = timezone.now()
     cached = _cache.get("directory")
-    if (
-        cached is not None
-        and version
-        and cached.version == version
-        and now.timestamp() < cached.valid_until
-    ):
+    # No version row yet ("") is a version too: the first change creates the row.
+    if cached is not None and cached.version == version and now.timestamp() < cached.valid_until:
         return cached
     fresh = build(version, now)
     _cache["directory"] = fresh
