@@ -32,7 +32,7 @@ from peers import protocol
 from peers.auth import KnownNode
 from peers.models import DirectoryUser, PeerNode
 
-from . import errors
+from . import errors, queries
 from .models import DestinationState, Message, Outbox, ReceivedEnvelope
 
 logger = logging.getLogger(__name__)
@@ -131,23 +131,11 @@ class Recipient:
 def resolve_recipient(username: str, *, local_name: str | None = None) -> Recipient:
     """Where a person lives and their public box key: this node's users first, then the
     directory cache. Raises UnknownRecipient."""
-    from peers import directory
-
     local_name = local_name or _local_node_name()
-    keys = (
-        UserKeys.objects.filter(user__username=username, user__is_active=True)
-        .only("box_public")
-        .first()
-    )
-    if keys is not None:
-        return Recipient(username, local_name, bytes(keys.box_public))
-    try:
-        entry = directory.lookup(username)
-    except directory.UnknownUser:
-        raise errors.UnknownRecipient(f"There is nobody called {username!r}.") from None
-    if entry.node.name == local_name:  # listed but no longer an account here
+    address = queries.recipient_address(username)
+    if address is None or address.node == local_name:  # listed but no account here (any more)
         raise errors.UnknownRecipient(f"There is nobody called {username!r}.")
-    return Recipient(username, entry.node.name, bytes(entry.box_key))
+    return Recipient(username, address.node or local_name, address.box_key)
 
 
 def _seal(
