@@ -1,9 +1,9 @@
-"""Login server API v1: enrol, report, directory. Callers are office nodes.
+"""Login server API v1: enrol, report, rotate-key, directory. Callers are office nodes.
 
 All bodies are UTF-8 JSON. Every error is `{"error": {"code": "...", "message": "..."}}`
 with a 4xx status; the codes are stable.
 
-Signed requests (report, directory) carry, as in peers.protocol.sign_request:
+Signed requests (report, rotate-key, directory) carry, as in peers.protocol.sign_request:
 
     Authorization: P2P-Node node="hq",ts="1767000000",nonce="<32 hex>",sig="<b64>"
 
@@ -43,6 +43,18 @@ POST /api/v1/report (signed)
               malformed_json (400), too_many_users (413).
     The login server signs a new user record when a user is new, their keys, name or
     position or the node URL changed, or the record is past half its lifetime.
+
+POST /api/v1/rotate-key (signed by the node's CURRENT key)
+    request:  {"sign_key": "<b64 32-byte ed25519 public key: the new key>",
+               "proof": "<b64 signature>"}
+              proof = new key's signature over
+              b"p2psocial/v1/rotate-key\\x00" + "\\n".join([node, sign_key_b64])
+    200:      {"node": "hq", "node_fingerprint": "<fingerprint of the new key>"}
+    refusals: bad_proof, malformed_json, missing_field, invalid_field (400), same_key (409:
+              sign_key is the current key), key_changed (409: another rotation won),
+              node_revoked (403).
+    From then on only the new key signs for the node; the directory version changes, so
+    every node learns the new key at its next directory fetch. A refusal writes nothing.
 
 GET /api/v1/directory (signed)
     request headers: If-None-Match: "<etag of the copy the node holds>" (optional)
@@ -138,6 +150,13 @@ def report(request: HttpRequest, node: KnownNode) -> dict:
         "presence_changed": result.presence_changed,
         "removed": result.removed,
     }
+
+
+@signed_endpoint(services.resolve_node)
+def rotate_key(request: HttpRequest, node: KnownNode) -> dict:
+    sign_key, proof = services.parse_rotation(request.signed_body)
+    rotated = services.rotate_node_key(node=node.obj, sign_key=sign_key, proof=proof)
+    return {"node": rotated.name, "node_fingerprint": protocol.fingerprint(sign_key)}
 
 
 @csrf_exempt

@@ -1,4 +1,4 @@
-"""Every write of the login server: its key, enrolment, reports, revocation."""
+"""Every write of the login server: its key, enrolment, node keys, reports, revocation."""
 
 from __future__ import annotations
 
@@ -152,6 +152,41 @@ def revoke_node(*, name: str) -> Node:
             node.save(update_fields=["active", "revoked_at"])
             bump_directory_version()
     logger.warning("node revoked", extra={"node": name})
+    return node
+
+
+def parse_rotation(body: bytes) -> tuple[bytes, bytes]:
+    """The new key and its proof from a rotate-key body; any bad field refuses it."""
+    obj = protocol.parse_json_object(body)
+    sign_key = protocol.b64d(protocol.require(obj, "sign_key", str), field="sign_key", length=32)
+    proof = protocol.b64d(protocol.require(obj, "proof", str), field="proof", length=64)
+    return sign_key, proof
+
+
+def rotate_node_key(*, node: Node, sign_key: bytes, proof: bytes) -> Node:
+    """Replace an active node's key with one it proves to hold; all or nothing.
+
+    The request itself is signed by the current key (the caller checked it), so only
+    the node can move its own name to a new key; peers learn it from the directory.
+    """
+    protocol.verify_rotation(sign_key, proof, node=node.name)
+    if sign_key == bytes(node.sign_key):
+        raise ProtocolError("same_key", "sign_key is already this node's key", 409)
+    # Inside the signed request's transaction this is part of it (no savepoint).
+    with transaction.atomic(savepoint=False):
+        # Checked in the write transaction: a node revoked since its request was verified,
+        # or whose key another request rotated meanwhile, stores nothing.
+        current = Node.objects.filter(pk=node.pk, active=True, sign_key=bytes(node.sign_key))
+        if not current.update(sign_key=sign_key):
+            if not Node.objects.filter(pk=node.pk, active=True).exists():
+                raise ProtocolError("node_revoked", "this node was revoked", 403)
+            raise ProtocolError("key_changed", "this node's key changed meanwhile", 409)
+        bump_directory_version()
+    node.sign_key = sign_key
+    logger.warning(
+        "node key rotated",
+        extra={"node": node.name, "fingerprint": protocol.fingerprint(sign_key)},
+    )
     return node
 
 

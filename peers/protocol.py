@@ -503,3 +503,25 @@ def verify_enrolment(sign_key: bytes, signature: bytes, *, token: str, name: str
         VerifyKey(sign_key).verify(message, signature)
     except (BadSignatureError, ValueError, TypeError):
         raise _fail("bad_proof", "the enrolment proof does not verify with sign_key") from None
+
+
+# --- node key rotation (node -> login server, signed by the current key) -----------------
+DOMAIN_ROTATE = b"p2psocial/v1/rotate-key\x00"
+
+
+def rotation_signing_bytes(*, node: str, new_key_b64: str) -> bytes:
+    """What a node signs with its new key to prove it holds the private part."""
+    return DOMAIN_ROTATE + "\n".join([node, new_key_b64]).encode()
+
+
+def sign_rotation(new_key: SigningKey, *, node: str) -> bytes:
+    message = rotation_signing_bytes(node=node, new_key_b64=b64e(bytes(new_key.verify_key)))
+    return new_key.sign(message).signature
+
+
+def verify_rotation(new_key: bytes, proof: bytes, *, node: str) -> None:
+    message = rotation_signing_bytes(node=node, new_key_b64=b64e(new_key))
+    try:
+        VerifyKey(new_key).verify(message, proof)
+    except (BadSignatureError, ValueError, TypeError):
+        raise _fail("bad_proof", "the rotation proof does not verify with sign_key") from None

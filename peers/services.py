@@ -1,4 +1,4 @@
-"""Every write of the node's peer layer: joining, presence reports, the directory cache."""
+"""Every write of the node's peer layer: joining, its key, presence reports, the directory cache."""
 
 from __future__ import annotations
 
@@ -104,6 +104,40 @@ def join_network(*, login_server_url: str, token: str, name: str, url: str) -> J
     DirectorySync.objects.update_or_create(pk=1, defaults={"etag": ""})
     logger.info("joined the network", extra={"node": name, "login_server": login_server_url})
     return JoinResult(identity, fingerprint, protocol.fingerprint(bytes(key.verify_key)))
+
+
+def rotate_node_key() -> tuple[str, str]:
+    """Give this node a new signing key, announced to the login server with the old one.
+
+    Returns (old fingerprint, new fingerprint). The new key is stored only once the login
+    server accepted it; a refusal raises LoginServerError and changes nothing. Peers
+    learn the new key from the directory at their next fetch.
+    """
+    identity = local_node()
+    old_public = bytes(identity.sign_public)
+    key = SigningKey.generate()
+    new_public = bytes(key.verify_key)
+    body = protocol.canonical_json(
+        {
+            "sign_key": protocol.b64e(new_public),
+            "proof": protocol.b64e(protocol.sign_rotation(key, node=identity.name)),
+        }
+    )
+    try:
+        response = signed_post(identity.login_server_url, "/api/v1/rotate-key", body)
+    except requests.RequestException:
+        raise LoginServerError("unreachable", "login server unreachable") from None
+    if response.status_code != 200:
+        raise _refusal(response)
+    with transaction.atomic():
+        identity = NodeIdentity.objects.select_for_update().get(pk=1)
+        identity.sign_public = new_public
+        identity.sign_private_encrypted = encrypt_at_rest(bytes(key))
+        # save() (not update()) so this process drops its cached copy of the old key.
+        identity.save(update_fields=["sign_public", "sign_private_encrypted"])
+    old_fp, new_fp = protocol.fingerprint(old_public), protocol.fingerprint(new_public)
+    logger.warning("node key rotated", extra={"node": identity.name, "fingerprint": new_fp})
+    return old_fp, new_fp
 
 
 # --- presence reports --------------------------------------------------------------------

@@ -429,3 +429,41 @@ def test_a_batch_with_too_many_envelopes_is_refused():
     with pytest.raises(ProtocolError) as caught:
         protocol.parse_batch(body, max_envelopes=2)
     assert (caught.value.code, caught.value.status) == ("batch_too_large", 413)
+
+
+# --- node key rotation ----------------------------------------------------------------------
+EXPECTED_ROTATION_SIG = (
+    "H4quuJVHjITygJwBviXiH9uPUf/4Mex23Qko1TJ6gx4AH+mDI5DuAzpfcFwFCEO/YPfvlSjREVI5oK+fDBjaDA=="
+)
+
+
+def test_rotation_signing_bytes_are_exact():
+    new_key_b64 = protocol.b64e(bytes(OTHER_KEY.verify_key))
+    assert new_key_b64 == "zRSzf5VulTGU/3+3Oz2B3MVh1hp1OAlLfD4aZD7l86o="
+    assert protocol.rotation_signing_bytes(node="hq", new_key_b64=new_key_b64) == (
+        b"p2psocial/v1/rotate-key\x00hq\nzRSzf5VulTGU/3+3Oz2B3MVh1hp1OAlLfD4aZD7l86o="
+    )
+
+
+def test_it_signs_the_known_rotation_proof():
+    assert protocol.b64e(protocol.sign_rotation(OTHER_KEY, node="hq")) == EXPECTED_ROTATION_SIG
+
+
+def test_it_verifies_the_known_rotation_proof():
+    proof = base64.b64decode(EXPECTED_ROTATION_SIG)
+    protocol.verify_rotation(bytes(OTHER_KEY.verify_key), proof, node="hq")
+
+
+@pytest.mark.parametrize(
+    ("new_key", "node"),
+    [
+        (bytes(NODE_KEY.verify_key), "hq"),  # signed by another key than the one announced
+        (bytes(OTHER_KEY.verify_key), "branch"),  # a proof for hq does not rotate branch
+        (bytes(31), "hq"),  # not a key at all
+    ],
+)
+def test_a_rotation_proof_that_does_not_match_is_refused(new_key, node):
+    proof = base64.b64decode(EXPECTED_ROTATION_SIG)
+    with pytest.raises(ProtocolError) as caught:
+        protocol.verify_rotation(new_key, proof, node=node)
+    assert (caught.value.code, caught.value.status) == ("bad_proof", 400)

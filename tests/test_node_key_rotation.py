@@ -1,0 +1,247 @@
+"""Rotating an office node's signing key: the login server endpoint through the Django
+test client, the node's service against a live login server, with real signatures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.core.management import call_command
+from nacl.signing import SigningKey
+
+from accounts.crypto import encrypt_at_rest
+from loginserver import services as ls
+from loginserver.models import DirectoryVersion, Node
+from peers import protocol, services
+from peers.client import local_identity
+from peers.identity import node_signing_key
+from peers.models import NodeIdentity
+from tests.test_loginserver_api import error_code, make_node, signed, user_entry
+
+pytestmark = [pytest.mark.django_db, pytest.mark.urls("loginserver.urls")]
+
+ROTATE = "/api/v1/rotate-key"
+REPORT = "/api/v1/report"
+
+
+def rotation_body(new_key: SigningKey, node: str = "hq", **overrides) -> bytes:
+    obj = {
+        "sign_key": protocol.b64e(bytes(new_key.verify_key)),
+        "proof": protocol.b64e(protocol.sign_rotation(new_key, node=node)),
+    }
+    obj.update(overrides)
+    return json.dumps({k: v for k, v in obj.items() if v is not None}).encode()
+
+
+def rotate(client, current: SigningKey, body: bytes, node: str = "hq"):
+    return signed(client, current, node, "POST", ROTATE, body)
+
+
+def report(client, key: SigningKey, node: str = "hq"):
+    body = json.dumps({"users": [user_entry("alice")]}).encode()
+    return signed(client, key, node, "POST", REPORT, body)
+
+
+def stored_key(name: str = "hq") -> bytes:
+    return bytes(Node.objects.get(name=name).sign_key)
+
+
+def directory_version() -> str:
+    return DirectoryVersion.objects.filter(pk=1).values_list("token", flat=True).first() or ""
+
+
+# --- the login server endpoint ------------------------------------------------------------
+def test_it_rotates_the_key_and_answers_the_new_fingerprint(client):
+    old = make_node(client)
+    new = SigningKey.generate()
+    version = directory_version()
+    response = rotate(client, old, rotation_body(new))
+    assert response.status_code == 200
+    assert response.json() == {
+        "node": "hq",
+        "node_fingerprint": protocol.fingerprint(bytes(new.verify_key)),
+    }
+    assert stored_key() == bytes(new.verify_key)
+    assert directory_version() != version
+
+
+def test_after_rotation_the_new_key_signs_and_the_old_key_is_refused(client):
+    old = make_node(client)
+    new = SigningKey.generate()
+    assert rotate(client, old, rotation_body(new)).status_code == 200
+    assert report(client, new).status_code == 200
+    refused = report(client, old)
+    assert refused.status_code == 401
+    assert error_code(refused) == "bad_signature"
+
+
+def test_the_directory_lists_the_new_node_key(client):
+    old = make_node(client)
+    new = SigningKey.generate()
+    assert rotate(client, old, rotation_body(new)).status_code == 200
+    response = signed(client, new, "hq", "GET", "/api/v1/directory")
+    assert response.status_code == 200
+    (node,) = json.loads(response.content)["nodes"]
+    assert node["sign_key"] == protocol.b64e(bytes(new.verify_key))
+
+
+def test_a_proof_by_another_key_is_refused_and_changes_nothing(client):
+    old = make_node(client)
+    new, impostor = SigningKey.generate(), SigningKey.generate()
+    version = directory_version()
+    forged = protocol.b64e(protocol.sign_rotation(impostor, node="hq"))
+    response = rotate(client, old, rotation_body(new, proof=forged))
+    assert response.status_code == 400
+    assert error_code(response) == "bad_proof"
+    assert stored_key() == bytes(old.verify_key)
+    assert directory_version() == version
+
+
+def test_a_proof_made_for_another_node_is_refused(client):
+    old = make_node(client)
+    new = SigningKey.generate()
+    response = rotate(client, old, rotation_body(new, node="branch"))
+    assert error_code(response) == "bad_proof"
+    assert stored_key() == bytes(old.verify_key)
+
+
+def test_the_current_key_is_refused_as_a_new_key(client):
+    old = make_node(client)
+    version = directory_version()
+    response = rotate(client, old, rotation_body(old))
+    assert response.status_code == 409
+    assert error_code(response) == "same_key"
+    assert stored_key() == bytes(old.verify_key)
+    assert directory_version() == version
+
+
+def test_an_unsigned_rotation_is_refused(client):
+    old = make_node(client)
+    response = client.post(
+        ROTATE, data=rotation_body(SigningKey.generate()), content_type="application/json"
+    )
+    assert response.status_code == 401
+    assert error_code(response) == "missing_signature"
+    assert stored_key() == bytes(old.verify_key)
+
+
+def test_a_rotation_signed_by_the_new_key_alone_is_refused(client):
+    old = make_node(client)
+    new = SigningKey.generate()
+    response = rotate(client, new, rotation_body(new))
+    assert response.status_code == 401
+    assert error_code(response) == "bad_signature"
+    assert stored_key() == bytes(old.verify_key)
+
+
+def test_a_revoked_node_cannot_rotate_its_key(client):
+    old = make_node(client)
+    ls.revoke_node(name="hq")
+    response = rotate(client, old, rotation_body(SigningKey.generate()))
+    assert response.status_code == 403
+    assert error_code(response) == "node_revoked"
+    assert stored_key() == bytes(old.verify_key)
+
+
+def test_a_node_cannot_rotate_another_nodes_key(client):
+    hq = make_node(client, "hq")
+    branch = make_node(client, "branch")
+    new = SigningKey.generate()
+    # hq signs the request as hq; the body can only ever change hq's own key.
+    assert rotate(client, hq, rotation_body(new, node="branch")).status_code == 400
+    assert stored_key("branch") == bytes(branch.verify_key)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", "malformed_json"),
+        (b"[]", "malformed_json"),
+        (b"{}", "missing_field"),
+        (json.dumps({"sign_key": protocol.b64e(bytes(32))}).encode(), "missing_field"),
+        (json.dumps({"proof": protocol.b64e(bytes(64))}).encode(), "missing_field"),
+        (json.dumps({"sign_key": 1, "proof": protocol.b64e(bytes(64))}).encode(), "invalid_field"),
+        (
+            json.dumps({"sign_key": "short", "proof": protocol.b64e(bytes(64))}).encode(),
+            "invalid_field",
+        ),
+        (
+            json.dumps({"sign_key": protocol.b64e(bytes(31)), "proof": "AA=="}).encode(),
+            "invalid_field",
+        ),
+        (
+            json.dumps({"sign_key": protocol.b64e(bytes(32)), "proof": "!!"}).encode(),
+            "invalid_field",
+        ),
+    ],
+)
+def test_a_malformed_rotation_is_refused_and_changes_nothing(client, body, code):
+    old = make_node(client)
+    version = directory_version()
+    response = rotate(client, old, body)
+    assert response.status_code == 400
+    assert error_code(response) == code
+    assert stored_key() == bytes(old.verify_key)
+    assert directory_version() == version
+
+
+def test_a_get_on_the_rotation_endpoint_is_refused(client):
+    old = make_node(client)
+    response = signed(client, old, "hq", "GET", ROTATE)
+    assert response.status_code == 405
+
+
+# --- the node's service, against a live login server in the same database ----------------
+@pytest.fixture
+def joined(live_server):
+    """This database is both the login server and its enrolled node "hq"."""
+    key = SigningKey.generate()
+    url = "http://127.0.0.1:8101"
+    _, token = ls.create_enrolment_token(node_name="hq")
+    proof = protocol.sign_enrolment(key, token=token, name="hq", url=url)
+    ls.enrol_node(token=token, name="hq", url=url, sign_key=bytes(key.verify_key), proof=proof)
+    NodeIdentity.objects.create(
+        pk=1,
+        name="hq",
+        public_url=url,
+        sign_public=bytes(key.verify_key),
+        sign_private_encrypted=encrypt_at_rest(bytes(key)),
+        login_server_url=live_server.url,
+        login_server_key=bytes(ls.server_signing_key().verify_key),
+    )
+    return key
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_node_stores_the_key_the_login_server_accepted(joined):
+    old_fp, new_fp = services.rotate_node_key()
+    assert old_fp == protocol.fingerprint(bytes(joined.verify_key))
+    identity = NodeIdentity.objects.get(pk=1)
+    assert protocol.fingerprint(bytes(identity.sign_public)) == new_fp
+    assert stored_key() == bytes(identity.sign_public)
+    # This process signs with the new key at once.
+    assert bytes(node_signing_key().verify_key) == bytes(identity.sign_public)
+    assert bytes(local_identity().signing_key.verify_key) == bytes(identity.sign_public)
+    assert services.report_presence()["users"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_rotation_stores_nothing_on_the_node(joined):
+    ls.revoke_node(name="hq")
+    before = NodeIdentity.objects.get(pk=1)
+    with pytest.raises(services.LoginServerError) as caught:
+        services.rotate_node_key()
+    assert caught.value.code == "node_revoked"
+    after = NodeIdentity.objects.get(pk=1)
+    assert bytes(after.sign_private_encrypted) == bytes(before.sign_private_encrypted)
+    assert bytes(after.sign_public) == bytes(joined.verify_key)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_command_prints_both_fingerprints(joined, capsys):
+    call_command("rotate_node_key")
+    out = capsys.readouterr().out
+    new_key = bytes(NodeIdentity.objects.get(pk=1).sign_public)
+    assert f"old node key fingerprint: {protocol.fingerprint(bytes(joined.verify_key))}" in out
+    assert f"new node key fingerprint: {protocol.fingerprint(new_key)}" in out
+    assert "next directory fetch" in out
