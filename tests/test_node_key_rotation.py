@@ -245,3 +245,72 @@ def test_the_command_prints_both_fingerprints(joined, capsys):
     assert f"old node key fingerprint: {protocol.fingerprint(bytes(joined.verify_key))}" in out
     assert f"new node key fingerprint: {protocol.fingerprint(new_key)}" in out
     assert "next directory fetch" in out
+
+
+# --- end to end: real nodes, workers and Redis ------------------------------------------
+PASSWORD = "a long enough passphrase 42"
+PEER_KEY_FINGERPRINT = (
+    "from peers.models import PeerNode; from peers import protocol; "
+    "print(protocol.fingerprint(bytes(PeerNode.objects.get(name='hq').sign_key)))"
+)
+
+
+def fingerprint_line(output: str, label: str) -> str:
+    (line,) = [x for x in output.splitlines() if x.startswith(label)]
+    return line.removeprefix(label).strip()
+
+
+@pytest.mark.integration
+def test_after_rotation_hq_messages_reach_branch_which_learned_the_key_from_the_directory(
+    tmp_path,
+):
+    from tests.network import Network, csrf_token, wait_for
+
+    with Network(tmp_path, nodes=("hq", "branch")) as net:
+        alice_secret = net.create_person("hq", "alice", PASSWORD)
+        net.create_person("branch", "bob", PASSWORD)
+        alice = net.login("hq", "alice", PASSWORD, alice_secret)
+        hq, branch = net.node("hq"), net.node("branch")
+        chat = f"{hq.url}/chat/bob/"
+        wait_for(
+            lambda: alice.get(chat, timeout=10).status_code == 200,
+            timeout=60,
+            message="bob in hq's directory",
+        )
+
+        output = hq.manage("rotate_node_key").stdout
+        old_fp = fingerprint_line(output, "old node key fingerprint:")
+        new_fp = fingerprint_line(output, "new node key fingerprint:")
+        assert old_fp != new_fp
+        # A running process keeps the key it loaded (peers.client caches it per process).
+        hq.stop_worker()
+        hq.start_worker()
+        hq.stop_web()
+        hq.start_web()
+        wait_for(
+            lambda: (
+                new_fp
+                in branch.manage("shell", "-v", "0", "-c", PEER_KEY_FINGERPRINT, check=False).stdout
+            ),
+            timeout=60,
+            message="branch has hq's new key from the directory",
+        )
+
+        page = alice.get(chat, timeout=10)
+        sent = alice.post(
+            chat,
+            data={"csrfmiddlewaretoken": csrf_token(page.text), "text": "signed anew"},
+            timeout=10,
+            allow_redirects=False,
+        )
+        assert sent.status_code == 302
+
+        def delivered() -> bool:
+            answer = alice.get(f"{chat}messages.json?after=0", timeout=10).json()
+            return any(
+                m["text"] == "signed anew"
+                and answer["statuses"].get(str(m["id"]), m["status"]) == "delivered"
+                for m in answer["messages"]
+            )
+
+        wait_for(delivered, timeout=60, message="the message delivered to branch")

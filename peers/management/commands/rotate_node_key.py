@@ -27,3 +27,7 @@ class Command(BaseCommand):
             "The login server accepts only the new key from now on; peers pick it up at "
             "their next directory fetch."
         )
+        self.stdout.write(
+            "Restart this node's web and worker processes now: a running process keeps "
+            "signing with the key it loaded."
+        )
