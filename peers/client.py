@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -21,24 +22,31 @@ _sessions: dict[str, requests.Session] = {}
 _lock = threading.Lock()
 
 
+# Other processes (manage.py rotate_node_key) may replace the key: a running web or
+# worker process re-reads it after this long, so a rotation needs no restart.
+IDENTITY_CACHE_S = 5.0
+
+
 @dataclass(frozen=True)
 class LocalIdentity:
     name: str
     signing_key: SigningKey
+    loaded_at: float
 
 
 _identity: LocalIdentity | None = None
 
 
 def local_identity() -> LocalIdentity:
-    """This node's name and key, read once per process: every message and every signed
-    request needs them. Raises NotJoined before joining (nothing is cached then)."""
+    """This node's name and key, re-read at most every IDENTITY_CACHE_S: every message and
+    every signed request needs them. Raises NotJoined before joining (nothing is cached)."""
     global _identity
     identity = _identity
-    if identity is None:
+    now = time.monotonic()
+    if identity is None or now - identity.loaded_at > IDENTITY_CACHE_S:
         # The decrypted node key stays in this process's memory only, as node_signing_key
-        # already keeps it; the row is written once (join) and a write drops this copy.
-        identity = LocalIdentity(local_node().name, node_signing_key())
+        # already keeps it (keyed by the encrypted blob, so a new key is decrypted once).
+        identity = LocalIdentity(local_node().name, node_signing_key(), now)
         _identity = identity
     return identity
 

@@ -28,6 +28,6 @@ class Command(BaseCommand):
             "their next directory fetch."
         )
         self.stdout.write(
-            "Restart this node's web and worker processes now: a running process keeps "
-            "signing with the key it loaded."
+            "This node's running web and worker processes switch to the new key within "
+            "seconds; no restart is needed."
         )
