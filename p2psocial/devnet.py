@@ -26,6 +26,8 @@ import requests
 BASE_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 READY_TIMEOUT_S = 60.0
+# Workers keep their database connection between tasks (the web process does not).
+WORKER_ENV = {"P2P_DB_CONN_MAX_AGE_S": "60"}
 
 
 class DevnetError(RuntimeError):
@@ -196,11 +198,11 @@ class Server:
             )
         return result
 
-    def _process(self, kind: str, argv: list[str]) -> Process:
+    def _process(self, kind: str, argv: list[str], env: Mapping[str, str] | None = None) -> Process:
         proc = Process(
             name=f"{self.name}-{kind}",
             argv=argv,
-            env=self.env,
+            env={**self.env, **(env or {})},
             log_path=self.data_dir / "logs" / f"{kind}.log",
         )
         self.processes[kind] = proc
@@ -249,6 +251,7 @@ class Server:
                 "--loglevel", "INFO", "--hostname", f"{self.name}@%h",
                 "--without-gossip", "--without-mingle",
             ],
+            env=WORKER_ENV,
         )  # fmt: skip
         proc.start()
         if wait:

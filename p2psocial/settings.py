@@ -140,13 +140,17 @@ TEMPLATES = [
 
 # --- database -----------------------------------------------------------------------
 DATABASE_URL = env("DATABASE_URL")
+# Persistent connections: 0 for the ASGI web process (Django's advice), some seconds for
+# Celery workers, which then skip a reconnect per task (set in their environment).
+DB_CONN_MAX_AGE_S = env_int("P2P_DB_CONN_MAX_AGE_S", 0)
 if DATABASE_URL:
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=DB_CONN_MAX_AGE_S)}
 else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": DATA_DIR / "db.sqlite3",
+            "CONN_MAX_AGE": DB_CONN_MAX_AGE_S,
             "OPTIONS": {
                 # WAL lets the web process, the worker and an admin's browser read
                 # while one writes; IMMEDIATE takes the write lock up front so two
