@@ -369,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         hq, branch = net.node("hq"), net.node("branch")
         secrets_by_user = {}
         for i in range(1, 5):
-            secrets_by_user[f"snd{i}"] = net_create(net, "hq", f"snd{i}")
-            net_create(net, "branch", f"rcv{i}")
+            secrets_by_user[f"snd{i}"] = net.create_person("hq", f"snd{i}", PASSWORD)
+            net.create_person("branch", f"rcv{i}", PASSWORD)
 
         # This process becomes hq's web process: same settings, same database, same broker.
         os.environ.update(hq.env)
@@ -462,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\npages")
             owner = senders[1]
             seed_conversation(owner, "rcv2", n_history)
-            session = net_login(net, "hq", owner.username, secrets_by_user[owner.username])
+            session = net.login("hq", owner.username, PASSWORD, secrets_by_user[owner.username])
             times = page_times(session, f"{hq.url}/chat/rcv2/", n_pages)
             figures.add(
                 "conversation page, 10,000 messages of history p50",
@@ -528,49 +528,6 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(root, ignore_errors=True)
     return 0
-
-
-def net_create(net: Network, node: str, username: str) -> str:
-    import base64
-    import secrets
-
-    secret = base64.b32encode(secrets.token_bytes(20)).decode()
-    net.node(node).manage(
-        "create_person",
-        username,
-        "--password-stdin",
-        "--totp-secret",
-        secret,
-        "--full-name",
-        username.title(),
-        input=PASSWORD + "\n",
-    )
-    return secret
-
-
-def net_login(net: Network, node: str, username: str, secret: str) -> requests.Session:
-    import re
-
-    from django_otp.oath import totp
-
-    base = net.node(node).url
-    session = requests.Session()
-    page = session.get(f"{base}/login/", timeout=10)
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    page = session.post(
-        f"{base}/login/",
-        data={"csrfmiddlewaretoken": token, "username": username, "password": PASSWORD},
-        timeout=10,
-    )
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
-    import base64
-
-    code = f"{totp(base64.b32decode(secret)):06d}"
-    page = session.post(
-        f"{base}/login/code/", data={"csrfmiddlewaretoken": token, "code": code}, timeout=10
-    )
-    page.raise_for_status()
-    return session
 
 
 if __name__ == "__main__":

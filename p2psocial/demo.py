@@ -11,7 +11,6 @@ process it started; running it again resumes with the same data. Logs: DATA/<ser
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import secrets
 import shutil
@@ -58,16 +57,12 @@ def create_people(net: Network) -> list[dict]:
     people = []
     for node, username, full_name, position, location, colour in PEOPLE:
         password = "-".join(secrets.token_urlsafe(6) for _ in range(3))
-        secret = base64.b32encode(secrets.token_bytes(20)).decode()
         initials = "".join(part[0] for part in full_name.split()[:2])
         picture = make_picture(net.root / "pictures" / f"{username}.png", initials, colour)
-        net.node(node).manage(
-            "create_person", username,
-            "--full-name", full_name, "--position", position, "--location", location,
-            "--description", f"{position} at the {node} office. Ask me anything ✨",
-            "--picture", str(picture),
-            "--password-stdin", "--totp-secret", secret,
-            input=password + "\n",
+        secret = net.create_person(
+            node, username, password, full_name=full_name, position=position,
+            location=location, picture=str(picture),
+            description=f"{position} at the {node} office. Ask me anything ✨",
         )  # fmt: skip
         people.append(
             {

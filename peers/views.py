@@ -9,7 +9,7 @@ from urllib.parse import quote
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince
@@ -22,11 +22,8 @@ from .identity import is_joined, local_node
 
 
 def _chat_prefix() -> str:
-    """The conversation URL prefix; a plain path while messaging has no URL name yet."""
-    try:
-        return reverse("messaging:conversation", args=["x"])[: -len("x/")]
-    except NoReverseMatch:
-        return "/chat/"
+    """The conversation URL prefix, to which a row appends "<username>/"."""
+    return reverse("messaging:conversation", args=["x"])[: -len("x/")]
 
 
 @require_GET
@@ -131,7 +128,7 @@ def profile(request: HttpRequest, username: str) -> HttpResponse:
             "fingerprint": protocol.fingerprint(bytes(person.sign_key), bytes(person.box_key)),
             "key_change_pending": directory.key_change_pending(request.user, username),
             "freshness": queries.directory_freshness(),
-            "chat_url": _chat_prefix() + username + "/",
+            "chat_url": reverse("messaging:conversation", args=[username]),
             "is_self": username == request.user.get_username(),
         },
     )
