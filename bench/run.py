@@ -457,6 +457,15 @@ def main(argv: list[str] | None = None) -> int:
                 lost=len(ids) - distinct,
                 duplicated=rows - distinct,
             )
+            # Delivery alone, without the sender in the way: the queue drains at least this
+            # fast (the time also covers branch's restart reaching hq through the directory).
+            figures.add(
+                "backlog drain rate (delivery alone, conservative)",
+                len(ids) / (t_done - t_up),
+                "msg/s",
+                target=">=1000",
+                n=len(ids),
+            )
 
         if "pages" in parts:
             print("\npages")
