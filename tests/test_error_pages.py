@@ -1,0 +1,38 @@
+"""People get readable error pages; peers get JSON."""
+
+import pytest
+from django.test import Client
+
+from tests.helpers.factories import DEFAULT_PASSWORD, code_at_step, make_person
+
+pytestmark = pytest.mark.django_db
+
+
+def _logged_in() -> Client:
+    import time
+
+    _, secret = make_person("alice")
+    client = Client()
+    client.post("/login/", {"username": "alice", "password": DEFAULT_PASSWORD})
+    client.post("/login/code/", {"code": code_at_step(secret, int(time.time() // 30))})
+    return client
+
+
+def test_an_unknown_page_is_a_readable_404_page():
+    response = _logged_in().get("/no/such/page/")
+    assert response.status_code == 404
+    text = response.content.decode()
+    assert "<h1>Not found</h1>" in text
+    assert "Back to the people of the network" in text
+
+
+def test_an_unknown_person_is_a_readable_404_page():
+    response = _logged_in().get("/people/nobody-here/")
+    assert response.status_code == 404
+    assert "<h1>Not found</h1>" in response.content.decode()
+
+
+def test_a_peer_posting_garbage_to_the_inbox_gets_json_not_html():
+    response = Client().post("/api/v1/inbox", data=b"\xff\x00", content_type="application/json")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "missing_signature"
