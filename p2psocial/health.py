@@ -1,13 +1,17 @@
 """GET /health: the figures monitoring needs, as JSON; 200 when healthy, 503 otherwise."""
 
+import logging
 import time
 
+import redis
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
 from . import redis_client
+
+logger = logging.getLogger(__name__)
 
 
 def collect() -> dict:
@@ -17,7 +21,8 @@ def collect() -> dict:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
         checks["database"] = "ok"
-    except Exception as exc:  # reported, not raised: this endpoint must answer
+    except DatabaseError as exc:  # reported, not raised: this endpoint must answer
+        logger.warning("health: database unavailable", extra={"error": type(exc).__name__})
         checks["database"] = f"error: {type(exc).__name__}"
     if not settings.IS_LOGIN_SERVER:
         checks["worker_heartbeat_age_s"] = None
@@ -28,7 +33,8 @@ def collect() -> dict:
         if not settings.IS_LOGIN_SERVER:
             beat = r.get(redis_client.heartbeat_key())
             checks["worker_heartbeat_age_s"] = round(time.time() - float(beat), 1) if beat else None
-    except Exception as exc:
+    except redis.RedisError as exc:
+        logger.warning("health: redis unavailable", extra={"error": type(exc).__name__})
         checks["redis"] = f"error: {type(exc).__name__}"
     if not settings.IS_LOGIN_SERVER:
         from messaging.queries import delivery_health

@@ -1,0 +1,33 @@
+"""/health tells monitoring what is wrong, as JSON, without failing itself."""
+
+import pytest
+from django.test import Client
+
+from p2psocial import redis_client
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def redis_down(settings):
+    settings.REDIS_URL = "redis://127.0.0.1:9/0"  # nothing listens on the discard port
+    redis_client.get.cache_clear()
+    yield
+    redis_client.get.cache_clear()
+
+
+def test_it_answers_503_naming_redis_when_redis_is_down(redis_down):
+    response = Client().get("/health")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["database"] == "ok"
+    assert body["redis"].startswith("error: ")
+    assert body["worker_heartbeat_age_s"] is None
+
+
+def test_the_liveness_probe_answers_without_touching_anything(redis_down):
+    response = Client().get("/health/live")
+    assert response.status_code == 200
+    assert response.content == b"ok"
