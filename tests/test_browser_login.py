@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import pyotp
@@ -13,10 +12,6 @@ from tests.helpers.factories import DEFAULT_PASSWORD, make_person
 from tests.helpers.wait import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-# Playwright's sync API runs an event loop in the test thread; the ORM calls the test makes
-# itself are still synchronous and safe.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 def _step() -> int:
