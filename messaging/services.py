@@ -554,7 +554,9 @@ def _node_lock(node: str) -> Iterator[Any]:
     """
     name = f"p2p:messaging:deliver-lock:{settings.CELERY_TASK_DEFAULT_QUEUE}:{node}"
     try:
-        lock = redis_client.get().lock(name, timeout=settings.PEER_HTTP_TIMEOUT_S + 30)
+        # Renewed after every batch; short, so that a killed worker's lock stalls its
+        # node's queue for seconds, not minutes (an overlap only re-sends idempotently).
+        lock = redis_client.get().lock(name, timeout=settings.PEER_HTTP_TIMEOUT_S + 5)
         acquired = lock.acquire(blocking=False)
     except redis.RedisError as exc:
         logger.warning("delivery lock unavailable", extra={"node": node, "error": str(exc)})

@@ -3,6 +3,10 @@ through the browser's own send view, counted on the receiving node."""
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
+
 import pytest
 
 from tests.network import Network, csrf_token, wait_for
@@ -146,3 +150,67 @@ def test_a_message_between_two_people_of_one_node_takes_the_same_path(net):
         timeout=30,
         message="alice sees read once carol's page polled",
     )
+
+
+def _unread_requests_on(port: int) -> bool:
+    """Whether a connection to this local port holds bytes its server has not read yet."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            rx_queue = int(fields[4].split(":")[1], 16)
+            if local_port == port and fields[3] == "01" and rx_queue > 0:  # 01: ESTABLISHED
+                return True
+    return False
+
+
+def test_a_worker_killed_after_the_peer_stored_its_batch_loses_and_doubles_nothing(net):
+    """The receiver stores the batch but the acknowledgement dies with the worker: after
+    a restart the batch goes again, is stored once and acknowledged identically."""
+    hq, branch = net.node("hq"), net.node("branch")
+    web = branch.processes["web"].popen
+    worker = hq.processes["worker"].popen
+    sent = [f"in flight {n}" for n in range(5)]
+    # Counted in branch's database, not through bob's page: reading would send a receipt.
+    count_stored = (
+        "from messaging.models import Message;"
+        f"print(Message.objects.filter(direction='in', text__in={sent!r}).count())"
+    )
+    os.killpg(worker.pid, signal.SIGSTOP)  # queue all five first: they go in one batch
+    web.send_signal(signal.SIGSTOP)  # branch accepts connections but reads nothing yet
+    try:
+        for text in sent:
+            send(net, "alice", "bob", text)
+        os.killpg(worker.pid, signal.SIGCONT)
+        wait_for(
+            lambda: _unread_requests_on(branch.port),
+            timeout=8,  # well inside the worker's 10 s peer timeout
+            message="hq's batch waiting in branch's socket",
+            interval=0.02,
+        )
+        os.killpg(worker.pid, signal.SIGSTOP)  # the worker will not read the answer
+    finally:
+        web.send_signal(signal.SIGCONT)
+    wait_for(
+        lambda: (
+            branch.manage("shell", "-v", "0", "-c", count_stored).stdout.strip() == str(len(sent))
+        ),
+        timeout=30,
+        message="branch stored the batch and answered into the void",
+        interval=0.5,
+    )
+    hq.stop_worker(kill=True)  # SIGKILL: the acknowledgements are lost with it
+    assert all(status_of(net, "alice", "bob", t) == "queued" for t in sent)
+
+    hq.start_worker()
+    wait_for(
+        lambda: all(status_of(net, "alice", "bob", t) in {"delivered", "read"} for t in sent),
+        timeout=60,
+        message="the resent batch acknowledged",
+    )
+    received = texts(net, "bob", "alice", "in")
+    assert all(received.count(t) == 1 for t in sent)
