@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from urllib.parse import quote
 
-from .devnet import BASE_DIR, Network
+from .devnet import BASE_DIR, DevnetError, Network
 
 PEOPLE = [
     ("hq", "alice", "Alice Martin", "Chief Executive Officer", "Paris", (52, 101, 164)),
@@ -154,5 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> int:
+    try:
+        return main()
+    except DevnetError as error:
+        sys.stderr.write(
+            f"\nThe demo could not start: {error}\n"
+            "Is another demo or program using its ports? Try --port-base with another "
+            "number, or stop the other program.\n"
+        )
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
