@@ -103,9 +103,12 @@ class Process:
     log_path: Path
     cwd: Path = BASE_DIR
     popen: subprocess.Popen | None = None
+    log_offset: int = 0
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Logs are appended across runs: readiness is judged on this run's lines only.
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # the child inherits it; closed here after the fork
         try:
             self.popen = subprocess.Popen(
@@ -148,8 +151,11 @@ class Process:
         self.popen = None
 
     def log_text(self) -> str:
+        """What this process logged since it was last started."""
         try:
-            return self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self.log_offset)
+                return fh.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
 
@@ -255,8 +261,6 @@ class Server:
 
     # --- worker and beat ------------------------------------------------------------
     def start_worker(self, *, wait: bool = True) -> None:
-        log = self.data_dir / "logs" / "worker.log"
-        start_offset = log.stat().st_size if log.exists() else 0
         proc = self._process(
             "worker",
             [
@@ -269,15 +273,17 @@ class Server:
         )  # fmt: skip
         proc.start()
         if wait:
+            self.wait_worker()
 
-            def ready() -> bool:
-                if not proc.alive:
-                    raise DevnetError(f"{self.name} worker exited:\n{proc.log_text()}")
-                with open(proc.log_path, "rb") as fh:
-                    fh.seek(start_offset)
-                    return b" ready." in fh.read()
+    def wait_worker(self) -> None:
+        proc = self.processes["worker"]
 
-            wait_until(ready, timeout=READY_TIMEOUT_S, message=f"{self.name} worker ready")
+        def ready() -> bool:
+            if not proc.alive:
+                raise DevnetError(f"{self.name} worker exited:\n{proc.log_text()}")
+            return " ready." in proc.log_text()
+
+        wait_until(ready, timeout=READY_TIMEOUT_S, message=f"{self.name} worker ready")
 
     def stop_worker(self, *, kill: bool = False) -> None:
         self._stop("worker", kill=kill)
@@ -379,17 +385,7 @@ class Network:
                 node.start_beat()
         if self.start_workers:
             for node in self.nodes.values():
-                self._wait_worker(node)
-
-    def _wait_worker(self, node: Server) -> None:
-        proc = node.processes["worker"]
-
-        def ready() -> bool:
-            if not proc.alive:
-                raise DevnetError(f"{node.name} worker exited:\n{proc.log_text()}")
-            return " ready." in proc.log_text()
-
-        wait_until(ready, timeout=READY_TIMEOUT_S, message=f"{node.name} worker ready")
+                node.wait_worker()
 
     def start_redis(self) -> None:
         data = self.root / "redis"
