@@ -30,8 +30,8 @@ BACKUP_CODE_COUNT = 10
 TOTP_DEVICE_NAME = "authenticator"
 BACKUP_DEVICE_NAME = "backup codes"
 
-_TOTP_CODE = re.compile(r"^[0-9]{6}$")
-_BACKUP_CODE = re.compile(r"^[a-z2-7]{8}$")
+_TOTP_CODE = re.compile(r"[0-9]{6}")
+_BACKUP_CODE = re.compile(r"[a-z2-7]{8}")
 
 
 def normalise_code(code: str) -> str:
@@ -143,7 +143,7 @@ def _reused_or_wrong(device: TOTPDevice, token: str) -> CodeRejected:
 def confirm_totp_device(*, user: User, code: str) -> TOTPDevice:
     """Confirm the pending authenticator with a code it produced; raises CodeRejected."""
     token = normalise_code(code)
-    if not _TOTP_CODE.match(token):
+    if not _TOTP_CODE.fullmatch(token):
         raise CodeRejected(
             "Enter the 6-digit code your authenticator app shows.", code="bad_format"
         )
@@ -175,7 +175,7 @@ def verify_code(*, user: User, code: str) -> Device:
     Raises CodeRejected with code bad_format, wrong_code, reused_code, throttled or no_device.
     """
     token = normalise_code(code)
-    if _TOTP_CODE.match(token):
+    if _TOTP_CODE.fullmatch(token):
         device = confirmed_totp_device(user)
         if device is None:
             raise CodeRejected("Set up your authenticator app first.", code="no_device")
@@ -187,7 +187,7 @@ def verify_code(*, user: User, code: str) -> Device:
             logger.info("second factor refused", extra={"user_id": user.pk, "kind": "totp"})
             raise _reused_or_wrong(device, token)
         return device
-    if _BACKUP_CODE.match(token):
+    if _BACKUP_CODE.fullmatch(token):
         device = StaticDevice.objects.filter(user=user, confirmed=True).order_by("id").first()
         if device is None:
             raise CodeRejected("You have no backup codes.", code="no_device")

@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 
 from .logging import request_id_var
 
-_VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class RequestIdMiddleware:
@@ -20,7 +20,7 @@ class RequestIdMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         incoming = request.headers.get("X-Request-Id", "")
-        request_id = incoming if _VALID_ID.match(incoming) else secrets.token_hex(8)
+        request_id = incoming if _VALID_ID.fullmatch(incoming) else secrets.token_hex(8)
         request.request_id = request_id
         token = request_id_var.set(request_id)
         try:

@@ -38,9 +38,10 @@ MAX_BATCH_ENVELOPES = 500
 MAX_CREATED_MS = 2**53  # fits every database integer and a JavaScript number
 ENVELOPE_KINDS = frozenset({"message", "read"})
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-_USERNAME = re.compile(r"^[A-Za-z0-9_.+-]{1,150}$")
-_NONCE = re.compile(r"^[0-9a-f]{32}$")
+# Always fullmatch: re.match with "$" would accept a trailing newline ("alice\n").
+_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_USERNAME = re.compile(r"[A-Za-z0-9_.+-]{1,150}")
+_NONCE = re.compile(r"[0-9a-f]{32}")
 _AUTH_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -118,13 +119,13 @@ def fingerprint(*public_keys: bytes) -> str:
 
 
 def validate_node_name(name: object) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise _fail("invalid_field", "node name must be 1-63 of a-z 0-9 _ . - (lower case)")
     return name
 
 
 def validate_username(name: object) -> str:
-    if not isinstance(name, str) or not _USERNAME.match(name):
+    if not isinstance(name, str) or not _USERNAME.fullmatch(name):
         raise _fail("invalid_field", "username must be 1-150 of A-Z a-z 0-9 _ . + -")
     return name
 
@@ -177,7 +178,7 @@ def parse_auth_header(value: str | None) -> RequestAuth:
         signature = b64d(params["sig"], field="sig", length=64)
     except (KeyError, ValueError, ProtocolError):
         raise _fail("bad_auth_header", "the Authorization header is malformed", 401) from None
-    if not _NONCE.match(nonce):
+    if not _NONCE.fullmatch(nonce):
         raise _fail("bad_auth_header", "nonce must be 32 lower-case hex digits", 401)
     return RequestAuth(node=node, timestamp=timestamp, nonce=nonce, signature=signature)
 

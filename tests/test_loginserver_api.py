@@ -165,6 +165,18 @@ def test_a_second_node_with_a_taken_name_is_refused(client):
             b'{"name": "hq", "url": "http://x", "sign_key": 5, "proof": "", "token": "t"}',
             "invalid_field",
         ),
+        (
+            b'{"name": "hq", "url": "http://[::1", "sign_key": "", "proof": "", "token": "t"}',
+            "invalid_field",
+        ),
+        (
+            b'{"name": "hq", "url": "http://x\\ty", "sign_key": "", "proof": "", "token": "t"}',
+            "invalid_field",
+        ),
+        (
+            b'{"name": "hq\\n", "url": "http://x", "sign_key": "", "proof": "", "token": "t"}',
+            "invalid_field",
+        ),
     ],
 )
 def test_a_malformed_enrolment_is_refused_with_a_code(client, body, code):
@@ -295,6 +307,9 @@ def test_a_revoked_node_is_refused(client):
         ([user_entry("alice", last_seen="yesterday")], "invalid_field"),
         ([user_entry("alice", full_name="x" * 151)], "invalid_field"),
         ([user_entry("al ice")], "invalid_field"),
+        ([user_entry("alice\n")], "invalid_field"),  # a look-alike of "alice"
+        ([user_entry("alice", status="away", last_seen=10**12)], "invalid_field"),  # year 33658
+        ([user_entry("alice", status="away", last_seen=2**64)], "invalid_field"),
         ([user_entry("alice"), user_entry("alice")], "duplicate_user"),
     ],
 )
