@@ -72,6 +72,8 @@ def build(version: str, now: datetime) -> Snapshot:
         .values_list("node_id", "record", "record_sig", "status", "last_seen")
     )
     for node_id, record, record_sig, status, last_seen in rows:
+        if node_id not in online:  # a node enrolled between the two reads: next build
+            continue
         if not online[node_id]:
             if status != "offline":
                 last_seen = last_report[node_id]

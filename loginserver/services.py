@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,7 +13,7 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 from nacl.signing import SigningKey
@@ -78,11 +79,19 @@ def _token_hash(token: str) -> str:
 
 def validate_url(url: object, *, field: str = "url") -> str:
     """An absolute http(s) URL without query or fragment, returned without a trailing slash."""
-    if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
-        raise ProtocolError("invalid_field", f"{field} must be an http(s) URL")
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.query or parts.fragment:
-        raise ProtocolError("invalid_field", f"{field} must be an http(s) URL")
+    refused = ProtocolError("invalid_field", f"{field} must be an http(s) URL")
+    # urlsplit drops tabs and newlines silently: refuse them (and spaces) outright.
+    if not isinstance(url, str) or len(url) > MAX_URL_CHARS or not url.isprintable():
+        raise refused
+    if any(c.isspace() for c in url):
+        raise refused
+    try:
+        parts = urlsplit(url)
+        hostname, _port = parts.hostname, parts.port  # both raise on a malformed netloc
+    except ValueError:
+        raise refused from None
+    if parts.scheme not in {"http", "https"} or not hostname or parts.query or parts.fragment:
+        raise refused
     return url.rstrip("/")
 
 
@@ -105,7 +114,10 @@ def enrol_node(*, token: str, name: str, url: str, sign_key: bytes, proof: bytes
         raise ProtocolError("token_invalid", "unknown enrolment token", 403)
     now = timezone.now()
     with transaction.atomic():
-        row = EnrolmentToken.objects.filter(token_hash=_token_hash(token)).first()
+        # Locked: two enrolments with one token queue here instead of racing to create.
+        row = (
+            EnrolmentToken.objects.select_for_update().filter(token_hash=_token_hash(token)).first()
+        )
         if row is None:
             raise ProtocolError("token_invalid", "unknown enrolment token", 403)
         if row.used_at is not None:
@@ -239,10 +251,17 @@ def parse_report(body: bytes) -> Report:
         if status not in STATUSES:
             raise ProtocolError("invalid_field", "status must be online, away or offline")
         last_seen = entry.get("last_seen")
+        # Never in the future (beyond the allowed clock skew): every node turns this into
+        # a date, and a year-33658 value must not reach the directory they all apply.
+        latest = int(time.time()) + settings.REQUEST_MAX_SKEW_S
         if last_seen is not None and (
-            isinstance(last_seen, bool) or not isinstance(last_seen, int) or last_seen < 0
+            isinstance(last_seen, bool)
+            or not isinstance(last_seen, int)
+            or not 0 <= last_seen <= latest
         ):
-            raise ProtocolError("invalid_field", "last_seen must be unix seconds or null")
+            raise ProtocolError(
+                "invalid_field", "last_seen must be unix seconds, not in the future, or null"
+            )
         users.append(
             ReportedUser(
                 username=username,
@@ -375,7 +394,14 @@ def accept_report(*, node: Node, report: Report) -> ReportResult:
                 presence.append(row)
 
         if created:
-            UserRecord.objects.bulk_create(created)
+            try:
+                UserRecord.objects.bulk_create(created)
+            except IntegrityError:
+                # Another report claimed one of these names at the same moment (possible
+                # on PostgreSQL); the whole request rolls back and the node reports again.
+                raise ProtocolError(
+                    "user_owned_by_other_node", "a reported name was just claimed", 409
+                ) from None
         if resigned:
             UserRecord.objects.bulk_update(
                 resigned,

@@ -211,8 +211,12 @@ class ApplyResult:
 
 
 def _dt(value: object) -> datetime | None:
+    """Unix seconds from the directory as a date; anything unrepresentable is unknown."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return datetime.fromtimestamp(value, tz=dt_timezone.utc)
+        try:
+            return datetime.fromtimestamp(value, tz=dt_timezone.utc)
+        except (ValueError, OverflowError, OSError):
+            return None
     return None
 
 
