@@ -29,3 +29,35 @@ def test_it_gives_the_person_new_keys_that_work_and_drops_the_old_ones(capsys):
 def test_it_refuses_an_unknown_person():
     with pytest.raises(CommandError, match="nobody called 'ghost'"):
         call_command("rotate_user_keys", "ghost")
+
+
+def test_waiting_messages_are_sealed_again_with_the_new_keys():
+    from messaging import services as messaging
+    from messaging.models import Outbox
+    from peers import protocol
+    from tests.helpers.messaging import (
+        join_local_node,
+        make_local_person,
+        make_remote_node,
+        make_remote_person,
+    )
+
+    join_local_node("hq")
+    alice = make_local_person("alice")
+    rita = make_remote_person(make_remote_node("branch"), "rita")
+    message = messaging.send_message(sender=alice, recipient_username="rita", text="still queued")
+    before = Outbox.objects.get()
+
+    call_command("rotate_user_keys", "alice")
+
+    after = Outbox.objects.get()
+    new_keys = UserKeys.objects.get(user=alice)
+    assert after.envelope_id == before.envelope_id
+    assert bytes(after.raw) != bytes(before.raw)
+    protocol.verify_envelope(bytes(new_keys.sign_public), bytes(after.raw), bytes(after.signature))
+    envelope = protocol.parse_envelope(bytes(after.raw))
+    assert envelope.created_ms == message.created_ms
+    payload = protocol.open_envelope(
+        envelope, recipient_box_key=rita.box, sender_box_key=bytes(new_keys.box_public)
+    )
+    assert payload == {"text": "still queued"}

@@ -231,3 +231,23 @@ def test_health_reports_the_queue(alice, rita):
     assert health["outbox_queued"] == 1
     assert health["outbox_oldest_age_s"] >= 0
     assert health["messages_failed"] == 0
+
+
+def test_an_acknowledgement_that_arrives_after_the_message_expired_marks_it_delivered(
+    alice, rita, settings
+):
+    message = services.send_message(sender=alice, recipient_username="rita", text="late ack")
+    row = Outbox.objects.get()
+    # The sweeper expires the message while its batch is still in flight.
+    settings.DELIVERY_MAX_AGE_S = 0
+    Outbox.objects.update(queued_at=timezone.now() - timedelta(seconds=5))
+    services.sweep_outbox()
+    message.refresh_from_db()
+    assert message.status == "failed"
+
+    ack = protocol.sign_ack(rita.node.key, str(row.envelope_id), bytes(row.raw))
+    services._apply_answer("branch", [row], bytes(rita.node.key.verify_key), [ack], [])
+
+    message.refresh_from_db()
+    assert (message.status, message.error) == ("delivered", "")
+    assert not Outbox.objects.exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from accounts import services
 from accounts.models import User
@@ -11,8 +12,9 @@ from peers.protocol import fingerprint
 
 class Command(BaseCommand):
     help = (
-        "Give a person new signing and encryption keys. The login server signs a new record "
-        "at the next presence report (requested at once); peers see a key change."
+        "Give a person new signing and encryption keys. Their waiting messages are sealed "
+        "again with the new keys; the login server signs a new record at the next presence "
+        "report (requested at once); peers see a key change."
     )
 
     def add_arguments(self, parser) -> None:
@@ -23,9 +25,13 @@ class Command(BaseCommand):
         if user is None:
             raise CommandError(f"there is nobody called {username!r} on this node")
         old = fingerprint(bytes(user.keys.sign_public))
-        keys = services.rotate_keys(user=user)
+        from messaging.services import reseal_outbox
         from peers.services import request_presence_report
 
+        with transaction.atomic():  # new keys and resealed messages, or neither
+            keys = services.rotate_keys(user=user)
+            resealed = reseal_outbox(sender=user)
         request_presence_report()
         self.stdout.write(f"old signing key fingerprint: {old}")
         self.stdout.write(f"new signing key fingerprint: {fingerprint(bytes(keys.sign_public))}")
+        self.stdout.write(f"waiting messages sealed again with the new keys: {resealed}")
