@@ -68,7 +68,7 @@ def _user_rows(
     for person in people:
         status = "unknown" if stale else escape(person.status)
         username = escape(person.username)
-        username_q = escape(quote(person.username, safe="/"))
+        username_q = escape(quote(person.username, safe=""))
         if status == "online":
             last_seen = "now"
         elif person.last_seen:
