@@ -44,6 +44,8 @@ IS_LOGIN_SERVER = ROLE == "loginserver"
 DATA_DIR = Path(env("P2P_DATA_DIR", str(BASE_DIR / "var" / ROLE))).resolve()
 PRODUCTION = env_bool("P2P_PRODUCTION", False)
 DEBUG = env_bool("P2P_DEBUG", False)
+if DEBUG and PRODUCTION:
+    raise ImproperlyConfigured("P2P_DEBUG must not be on with P2P_PRODUCTION")
 
 # Public URL of this server as peers and browsers reach it (no trailing slash).
 PUBLIC_URL = (env("P2P_PUBLIC_URL", "http://127.0.0.1:8000") or "").rstrip("/")

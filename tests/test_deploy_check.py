@@ -49,3 +49,14 @@ def test_it_refuses_to_start_in_production_without_a_secret_key(tmp_path):
     )  # fmt: skip
     assert result.returncode != 0
     assert "P2P_SECRET_KEY must be set in production" in result.stderr
+
+
+def test_it_refuses_debug_pages_in_production(tmp_path):
+    env = production_env(tmp_path, "node")
+    env["P2P_DEBUG"] = "1"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "P2P_DEBUG must not be on with P2P_PRODUCTION" in result.stderr
