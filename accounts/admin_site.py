@@ -10,6 +10,7 @@ from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from . import twofactor
+from .errors import CodeRejected
 from .twofactor import normalise_code
 
 
@@ -43,6 +44,16 @@ class CodeAuthenticationForm(OTPAdminAuthenticationForm):
                 self.otp_error_messages["invalid_token"], code="invalid_token"
             )
         return device
+
+    def _verify_token(self, user, token, device=None):
+        # The same check as the people's login: the device row locked, throttled, a code
+        # accepted once even when two admin logins race.
+        try:
+            return twofactor.verify_code(user=user, code=token)
+        except CodeRejected:
+            raise forms.ValidationError(
+                self.otp_error_messages["invalid_token"], code="invalid_token"
+            ) from None
 
 
 class P2PAdminSite(OTPAdminSite):

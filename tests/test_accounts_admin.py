@@ -102,3 +102,16 @@ def test_resetting_the_second_factor_forces_enrolment_at_next_login():
     client = Client()
     response = client.post("/login/", {"username": "alice", "password": DEFAULT_PASSWORD})
     assert response["Location"] == "/setup/2fa/"
+
+
+def test_the_admin_login_refuses_a_code_that_was_already_used():
+    _, secret = make_person("root", staff=True)
+    code = code_at_step(secret, _step())
+    assert _admin_login(Client(), "root", code).status_code == 302
+
+    again = Client()
+    response = _admin_login(again, "root", code)
+
+    assert response.status_code == 200
+    assert "Invalid token" in response.content.decode()
+    assert again.get("/admin/").status_code == 302
