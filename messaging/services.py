@@ -301,7 +301,7 @@ def mark_conversation_read(*, viewer: User, peer_username: str) -> int:
     now = timezone.now()
     with transaction.atomic():
         count = unread.filter(envelope_id__in=ids).update(read_at=now, status=Message.Status.READ)
-        if recipient is not None:
+        if recipient is not None and count:  # 0: a parallel poll sent them
             rows = []
             for start in range(0, len(ids), READ_RECEIPT_MAX_IDS):
                 envelope_id = protocol.new_envelope_id()
