@@ -93,6 +93,13 @@ def schedule_delivery(node: str) -> None:
     transaction.on_commit(lambda: _enqueue(node))
 
 
+def _forget_backoff(nodes) -> None:
+    """Let these destination nodes be tried at once (a retry, or the node came back)."""
+    DestinationState.objects.filter(node__in=nodes).update(
+        consecutive_failures=0, next_attempt_at=None
+    )
+
+
 def backoff_delay_s(failures: int) -> float:
     """Capped exponential backoff with jitter (half to full of the nominal delay)."""
     nominal = settings.DELIVERY_BACKOFF_BASE_S * (2 ** min(max(failures - 1, 0), 30))
@@ -360,9 +367,7 @@ def retry_failed_messages(message_ids: list[int]) -> int:
             status=Message.Status.QUEUED, error=""
         )
         destinations = {r[2] for r in rows}
-        DestinationState.objects.filter(node__in=destinations).update(
-            consecutive_failures=0, next_attempt_at=None
-        )
+        _forget_backoff(destinations)
         for node in sorted(destinations):
             transaction.on_commit(lambda node=node: _enqueue(node, force=True))
     logger.info("failed messages re-queued", extra={"count": len(rows)})
@@ -620,11 +625,16 @@ def _node_lock(node: str) -> Iterator[Any]:
             lock.release()
 
 
+def _due(node: str):
+    """Node's outbox rows that may be sent now."""
+    return Outbox.objects.filter(
+        destination=node, failed_at__isnull=True, next_attempt_at__lte=timezone.now()
+    )
+
+
 def _due_rows(node: str) -> list[Outbox]:
     rows = list(
-        Outbox.objects.filter(
-            destination=node, failed_at__isnull=True, next_attempt_at__lte=timezone.now()
-        )
+        _due(node)
         .order_by("id")
         .only("id", "envelope_id", "raw", "signature", "message_id", "attempts")[
             : settings.DELIVERY_BATCH_MAX_ENVELOPES
@@ -640,9 +650,7 @@ def _due_rows(node: str) -> list[Outbox]:
 
 
 def _has_due(node: str) -> bool:
-    return Outbox.objects.filter(
-        destination=node, failed_at__isnull=True, next_attempt_at__lte=timezone.now()
-    ).exists()
+    return _due(node).exists()
 
 
 def _post_batch(node: str, rows: list[Outbox]) -> tuple[bytes, list, list]:
@@ -848,9 +856,7 @@ def peer_came_online(node_name: str) -> None:
     """The directory shows node_name reachable again: forget its backoff, send at once."""
     now = timezone.now()
     with transaction.atomic():
-        DestinationState.objects.filter(node=node_name).update(
-            consecutive_failures=0, next_attempt_at=None
-        )
+        _forget_backoff([node_name])
         Outbox.objects.filter(destination=node_name, failed_at__isnull=True).update(
             next_attempt_at=now
         )
