@@ -98,7 +98,8 @@ def validate_url(url: object, *, field: str = "url") -> str:
 def create_enrolment_token(*, node_name: str) -> tuple[EnrolmentToken, str]:
     """A one-time token for node_name; the plain token is returned once and never stored."""
     protocol.validate_node_name(node_name)
-    token = secrets.token_urlsafe(32)
+    # Hex, so a token can never start with '-' and be taken for an option on the command line.
+    token = secrets.token_hex(32)
     row = EnrolmentToken.objects.create(
         node_name=node_name,
         token_hash=_token_hash(token),

@@ -431,7 +431,7 @@ class Network:
         result = node.manage(
             "join_network",
             "--login-server", self.login_server.url,
-            "--token", token,
+            f"--token={token}",
             "--name", node.name,
             "--url", node.url,
         )  # fmt: skip

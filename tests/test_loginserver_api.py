@@ -1,9 +1,12 @@
 """The login server API through the Django test client, with real keys and signatures."""
 
 import json
+import re
 from datetime import timedelta
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 from nacl.signing import SigningKey
 
@@ -95,6 +98,15 @@ def test_it_stores_only_a_hash_of_the_token():
     row, token = services.create_enrolment_token(node_name="hq")
     assert token not in row.token_hash
     assert not EnrolmentToken.objects.filter(token_hash=token).exists()
+
+
+def test_the_printed_token_can_be_pasted_after_dash_dash_token():
+    """A token starting with '-' would be read by argparse as an option and join_network fails."""
+    out = StringIO()
+    call_command("create_enrolment_token", "hq", stdout=out)
+    token = out.getvalue().strip().splitlines()[-1]
+    assert re.fullmatch(r"[0-9a-f]{64}", token)
+    assert EnrolmentToken.objects.get(node_name="hq").token_hash != token
 
 
 def test_a_reused_token_is_refused_and_changes_nothing(client):
