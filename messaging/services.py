@@ -245,39 +245,46 @@ def reseal_outbox(*, sender: User) -> int:
     text): after a key rotation receivers accept only the new signature. Waiting read
     receipts of the sender are dropped; the next read sends one. Returns how many rows
     were resealed."""
-    sender = User.objects.select_related("keys").get(pk=sender.pk)
-    resealed, destinations = 0, set()
     with transaction.atomic():
         receipts = Outbox.objects.filter(kind="read").only("id", "raw")
         stale = [r.id for r in receipts if _envelope_sender(bytes(r.raw)) == sender.username]
         Outbox.objects.filter(id__in=stale).delete()
-        rows = list(
-            Outbox.objects.filter(kind="message", message__owner=sender).select_related("message")
-        )
-        local_name = _local_node_name() if rows else ""
-        for row in rows:
-            try:
-                recipient = resolve_recipient(row.message.recipient_username, local_name=local_name)
-            except errors.UnknownRecipient:
-                continue  # gone from the network: it fails by age as before
-            sealed = _seal(
-                sender=sender,
-                sender_node=local_name,
-                recipient=recipient,
-                kind="message",
-                payload={"text": row.message.text},
-                envelope_id=str(row.envelope_id),
-                created_ms=row.message.created_ms,
-            )
-            row.raw, row.signature, row.destination = sealed.raw, sealed.signature, recipient.node
-            row.next_attempt_at = timezone.now()
-            row.save(update_fields=["raw", "signature", "destination", "next_attempt_at"])
-            resealed += 1
-            if row.failed_at is None:
-                destinations.add(recipient.node)
+        rows = Outbox.objects.filter(kind="message", message__owner=sender)
+        resealed = _reseal(rows, now=timezone.now())
+        destinations = {row.destination for row in resealed if row.failed_at is None}
         for node in sorted(destinations):
             schedule_delivery(node)
-    logger.info("outbox resealed", extra={"user_id": sender.pk, "rows": resealed})
+    logger.info("outbox resealed", extra={"user_id": sender.pk, "rows": len(resealed)})
+    return len(resealed)
+
+
+def _reseal(rows, *, now) -> list[Outbox]:
+    """Seal these outbox messages again (same id, time and text) with their sender's
+    current keys, for their recipient's current key and node as this node knows them, and
+    make them due at once. A recipient gone from the network is left as it is: it fails
+    by age. Call inside a transaction; returns the resealed rows."""
+    rows = list(rows.filter(kind="message").select_related("message__owner__keys"))
+    local_name = _local_node_name() if rows else ""
+    resealed = []
+    for row in rows:
+        message = row.message
+        try:
+            recipient = resolve_recipient(message.recipient_username, local_name=local_name)
+        except errors.UnknownRecipient:
+            continue
+        sealed = _seal(
+            sender=message.owner,
+            sender_node=local_name,
+            recipient=recipient,
+            kind="message",
+            payload={"text": message.text},
+            envelope_id=str(row.envelope_id),
+            created_ms=message.created_ms,
+        )
+        row.raw, row.signature, row.destination = sealed.raw, sealed.signature, recipient.node
+        row.next_attempt_at = now
+        row.save(update_fields=["raw", "signature", "destination", "next_attempt_at"])
+        resealed.append(row)
     return resealed
 
 
@@ -366,7 +373,10 @@ def retry_failed_messages(message_ids: list[int]) -> int:
         Message.objects.filter(id__in=[r[1] for r in rows]).update(
             status=Message.Status.QUEUED, error=""
         )
-        destinations = {r[2] for r in rows}
+        # Sealed again for the recipient's key and node as known now: the failure may
+        # have been a key the recipient has since replaced.
+        resealed = _reseal(Outbox.objects.filter(id__in=[r[0] for r in rows]), now=now)
+        destinations = {r[2] for r in rows} | {row.destination for row in resealed}
         _forget_backoff(destinations)
         for node in sorted(destinations):
             transaction.on_commit(lambda node=node: _enqueue(node, force=True))
@@ -746,6 +756,7 @@ def _apply_answer(
         delivered[envelope_id] = row
     failed: dict[str, list[Outbox]] = {}
     retried: list[Outbox] = []
+    resealed: list[Outbox] = []
     for refusal in refusals:
         envelope_id = refusal.get("id") if isinstance(refusal, dict) else None
         row = by_id.get(envelope_id) if isinstance(envelope_id, str) else None
@@ -754,16 +765,27 @@ def _apply_answer(
         code = str(refusal.get("code", "refused"))[:60]
         if code in RETRYABLE_CODES:
             retried.append(row)
+        elif code == "decrypt_failed" and row.message_id:
+            # Sealed to a key the recipient no longer has (they rotated it): seal it again
+            # for the key in our directory and keep it queued. If our directory is behind,
+            # the next refusal reseals again once it has caught up.
+            resealed.append(row)
         else:
             failed.setdefault(code, []).append(row)
         logger.warning(
             "envelope refused", extra={"node": node, "envelope": envelope_id, "code": code}
         )
     answered = set(delivered) | {str(r.envelope_id) for rs in failed.values() for r in rs}
-    retried_ids = {str(r.envelope_id) for r in retried}
+    retried_ids = {str(r.envelope_id) for r in retried + resealed}
     retried += [r for i, r in by_id.items() if i not in answered and i not in retried_ids]
     now = timezone.now()
     with transaction.atomic():
+        if resealed:
+            again = _reseal(Outbox.objects.filter(id__in=[r.id for r in resealed]), now=now)
+            moved = {r.id: r.destination for r in again if r.destination != node}
+            for destination in sorted(set(moved.values())):  # the person changed office
+                schedule_delivery(destination)
+            resealed = [r for r in resealed if r.id not in moved]
         if delivered:
             # FAILED too: the sweeper may have expired a row whose batch was in flight;
             # a verified acknowledgement is the truth.
@@ -781,12 +803,13 @@ def _apply_answer(
                 failed_at=now, last_error=code
             )
             Outbox.objects.filter(id__in=[r.id for r in group if not r.message_id]).delete()
-        for row in retried:
-            Outbox.objects.filter(id=row.id).update(
-                attempts=row.attempts + 1,
-                next_attempt_at=now + timedelta(seconds=backoff_delay_s(row.attempts + 1)),
-                last_error="not acknowledged",
-            )
+        for group, error in ((retried, "not acknowledged"), (resealed, "decrypt_failed")):
+            for row in group:
+                Outbox.objects.filter(id=row.id).update(
+                    attempts=row.attempts + 1,
+                    next_attempt_at=now + timedelta(seconds=backoff_delay_s(row.attempts + 1)),
+                    last_error=error,
+                )
         DestinationState.objects.filter(node=node, consecutive_failures__gt=0).update(
             consecutive_failures=0, next_attempt_at=None, last_error="", last_success_at=now
         )
@@ -798,6 +821,7 @@ def _apply_answer(
             "delivered": len(delivered),
             "failed": failed_count,
             "retried": len(retried),
+            "resealed": len(resealed),
         },
     )
     return len(delivered), failed_count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -251,3 +252,82 @@ def test_an_acknowledgement_that_arrives_after_the_message_expired_marks_it_deli
     message.refresh_from_db()
     assert (message.status, message.error) == ("delivered", "")
     assert not Outbox.objects.exists()
+
+
+# --- the recipient replaced their keys ------------------------------------------------------
+def rotate_remote_box_key(person) -> None:
+    """The recipient's node gave them a new encryption key and our directory learned it."""
+    from nacl.public import PrivateKey
+
+    from peers.models import DirectoryUser
+
+    person.box = PrivateKey.generate()
+    DirectoryUser.objects.filter(username=person.username).update(
+        box_key=bytes(person.box.public_key)
+    )
+
+
+def opened_by(person, row: Outbox, sender) -> dict:
+    envelope = protocol.parse_envelope(bytes(row.raw))
+    return protocol.open_envelope(
+        envelope, recipient_box_key=person.box, sender_box_key=bytes(sender.keys.box_public)
+    )
+
+
+def refusal(row: Outbox, code: str) -> dict:
+    return {"index": 0, "id": str(row.envelope_id), "code": code, "message": "refused"}
+
+
+def test_a_message_refused_as_undecryptable_is_sealed_again_for_the_new_key(alice, rita):
+    message = services.send_message(sender=alice, recipient_username="rita", text="for old key")
+    sent = Outbox.objects.get()
+    rotate_remote_box_key(rita)
+
+    node_key = bytes(rita.node.key.verify_key)
+    services._apply_answer("branch", [sent], node_key, [], [refusal(sent, "decrypt_failed")])
+
+    message.refresh_from_db()
+    assert (message.status, message.error) == ("queued", "")
+    row = Outbox.objects.get()
+    assert (row.envelope_id, row.failed_at, row.attempts) == (sent.envelope_id, None, 1)
+    assert row.last_error == "decrypt_failed"
+    assert opened_by(rita, row, alice) == {"text": "for old key"}
+    envelope = protocol.parse_envelope(bytes(row.raw))
+    assert envelope.created_ms == message.created_ms
+    protocol.verify_envelope(bytes(alice.keys.sign_public), bytes(row.raw), bytes(row.signature))
+
+
+def test_an_undecryptable_read_receipt_is_dropped_not_resealed(alice, rita):
+    Message.objects.create(
+        envelope_id=uuid.uuid4(),
+        kind="message",
+        owner=alice,
+        peer_username="rita",
+        sender_username="rita",
+        recipient_username="alice",
+        direction="in",
+        text="from rita",
+        created_ms=1,
+        status="delivered",
+    )
+    assert services.mark_conversation_read(viewer=alice, peer_username="rita") == 1
+    receipt = Outbox.objects.get(kind="read")
+
+    node_key = bytes(rita.node.key.verify_key)
+    services._apply_answer("branch", [receipt], node_key, [], [refusal(receipt, "decrypt_failed")])
+
+    assert not Outbox.objects.filter(kind="read").exists()
+
+
+def test_retrying_a_failed_message_seals_it_for_the_recipients_current_key(alice, rita, settings):
+    settings.DELIVERY_MAX_AGE_S = 60
+    message = services.send_message(sender=alice, recipient_username="rita", text="retry me")
+    Outbox.objects.update(queued_at=timezone.now() - timedelta(seconds=61))
+    services.sweep_outbox()
+    rotate_remote_box_key(rita)
+
+    services.retry_message(owner=alice, message_id=message.id)
+
+    row = Outbox.objects.get()
+    assert row.failed_at is None
+    assert opened_by(rita, row, alice) == {"text": "retry me"}

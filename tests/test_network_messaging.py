@@ -214,3 +214,24 @@ def test_a_worker_killed_after_the_peer_stored_its_batch_loses_and_doubles_nothi
     )
     received = texts(net, "bob", "alice", "in")
     assert all(received.count(t) == 1 for t in sent)
+
+
+def test_a_message_sealed_before_the_recipient_rotated_keys_still_arrives(net):
+    """Runs last: bob's keys change. alice's node sealed the message to bob's old key while
+    branch was down; branch refuses it as undecryptable, hq seals it again for the new
+    key from the directory, and bob reads it."""
+    branch = net.node("branch")
+    branch.stop_web()
+    text = "sealed for bob's old key 🔑"
+    try:
+        send(net, "alice", "bob", text)
+        rotated = branch.manage("rotate_user_keys", "bob").stdout
+        assert "new signing key fingerprint" in rotated
+    finally:
+        branch.start_web()
+    wait_for(
+        lambda: status_of(net, "alice", "bob", text) in {"delivered", "read"},
+        timeout=60,
+        message="alice sees the message delivered after bob's key change",
+    )
+    assert texts(net, "bob", "alice", "in").count(text) == 1
