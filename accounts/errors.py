@@ -25,3 +25,10 @@ class CodeRejected(AccountsError):
 
     code = "wrong_code"
     message = "That code is not right. Check your authenticator app and try again."
+
+
+class PasswordRejected(AccountsError):
+    """The password typed to confirm a sensitive change was not the person's password."""
+
+    code = "wrong_password"
+    message = "That password is not right."

@@ -35,6 +35,30 @@ class CodeForm(forms.Form):
     )
 
 
+class ReauthForm(forms.Form):
+    """Both factors again, for a change a stolen session must not be able to make."""
+
+    password = forms.CharField(
+        max_length=1024,
+        strip=False,
+        label="Your password",
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}),
+    )
+    code = forms.CharField(
+        max_length=32,
+        label="Authenticator code",
+        help_text="The 6-digit code your authenticator app shows now (not a backup code).",
+        widget=forms.TextInput(
+            attrs={
+                "autocomplete": "one-time-code",
+                "inputmode": "numeric",
+                "spellcheck": "false",
+                "autocapitalize": "off",
+            }
+        ),
+    )
+
+
 def _text_field(model_field: str, *, textarea: bool = False) -> forms.CharField:
     field = Profile._meta.get_field(model_field)
     # dir="auto": right-to-left text shows right-to-left while it is typed.

@@ -1,12 +1,16 @@
-"""Which browser sessions belong to whom, so that logout and password change can end the others."""
+"""Which browser sessions belong to whom, so that logout and password change can end the others;
+and how long a session lives before and after its second factor."""
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from importlib import import_module
 
 from django.conf import settings
 from django.db import transaction
+from django.http import HttpRequest
+from django.utils import timezone
 
 from .models import User, UserSession
 
@@ -44,3 +48,17 @@ def end_sessions(*, user: User, keep_session_key: str | None = None) -> int:
     if rows:
         logger.info("sessions ended", extra={"user_id": user.pk, "count": len(rows)})
     return len(rows)
+
+
+def limit_unverified_session(*, request: HttpRequest) -> None:
+    """Only the password is accepted: the session ends UNVERIFIED_SESSION_S from now.
+
+    A fixed end, not an idle timeout, so polling cannot keep a half-logged-in session alive.
+    """
+    ends = timezone.now() + timedelta(seconds=settings.UNVERIFIED_SESSION_S)
+    request.session.set_expiry(ends)
+
+
+def restore_idle_timeout(*, request: HttpRequest) -> None:
+    """Both factors are accepted: the session lives SESSION_IDLE_TIMEOUT_S after each request."""
+    request.session.set_expiry(None)

@@ -14,14 +14,16 @@ from urllib.parse import quote
 
 import qrcode
 from django.conf import settings
+from django.contrib.auth import authenticate
 from django.db import transaction
+from django.http import HttpRequest
 from django.utils import timezone
 from django_otp.models import Device, VerifyNotAllowed
 from django_otp.oath import hotp
 from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from .errors import CodeRejected
+from .errors import CodeRejected, PasswordRejected
 from .models import User
 
 logger = logging.getLogger(__name__)
@@ -169,6 +171,39 @@ def confirm_totp_device(*, user: User, code: str) -> TOTPDevice:
     return device
 
 
+def _verify_totp_token(*, user: User, token: str) -> TOTPDevice:
+    device = confirmed_totp_device(user)
+    if device is None:
+        raise CodeRejected("Set up your authenticator app first.", code="no_device")
+    # Errors are raised after the transaction so that a failure (and its throttling) is kept.
+    with transaction.atomic():
+        device = TOTPDevice.objects.select_for_update().get(pk=device.pk)
+        _check_allowed(device)
+        accepted = device.verify_token(token)
+    if not accepted:
+        logger.info("second factor refused", extra={"user_id": user.pk, "kind": "totp"})
+        raise _reused_or_wrong(device, token)
+    return device
+
+
+def verify_totp_code(*, user: User, code: str) -> TOTPDevice:
+    """Check a 6-digit authenticator code only, never a backup code; returns the authenticator.
+
+    Raises CodeRejected with code bad_format, backup_code_not_allowed, wrong_code, reused_code,
+    throttled or no_device.
+    """
+    token = normalise_code(code)
+    if _TOTP_CODE.fullmatch(token):
+        return _verify_totp_token(user=user, token=token)
+    if _BACKUP_CODE.fullmatch(token):
+        raise CodeRejected(
+            "A backup code does not work here. Enter the 6-digit code your authenticator app "
+            "shows.",
+            code="backup_code_not_allowed",
+        )
+    raise CodeRejected("Enter the 6-digit code your authenticator app shows.", code="bad_format")
+
+
 def verify_code(*, user: User, code: str) -> Device:
     """Check a 6-digit authenticator code or a backup code; returns the device that accepted it.
 
@@ -176,17 +211,7 @@ def verify_code(*, user: User, code: str) -> Device:
     """
     token = normalise_code(code)
     if _TOTP_CODE.fullmatch(token):
-        device = confirmed_totp_device(user)
-        if device is None:
-            raise CodeRejected("Set up your authenticator app first.", code="no_device")
-        with transaction.atomic():
-            device = TOTPDevice.objects.select_for_update().get(pk=device.pk)
-            _check_allowed(device)
-            accepted = device.verify_token(token)
-        if not accepted:
-            logger.info("second factor refused", extra={"user_id": user.pk, "kind": "totp"})
-            raise _reused_or_wrong(device, token)
-        return device
+        return _verify_totp_token(user=user, token=token)
     if _BACKUP_CODE.fullmatch(token):
         device = StaticDevice.objects.filter(user=user, confirmed=True).order_by("id").first()
         if device is None:
@@ -222,6 +247,23 @@ def create_backup_codes(*, user: User) -> list[str]:
         StaticToken.objects.bulk_create(StaticToken(device=device, token=c) for c in codes)
     logger.info("backup codes created", extra={"user_id": user.pk, "count": len(codes)})
     return codes
+
+
+def regenerate_backup_codes(
+    *, request: HttpRequest, user: User, password: str, code: str
+) -> list[str]:
+    """Replace the backup codes once the person has typed their password and an authenticator code.
+
+    A session alone is not enough: backup codes bypass the authenticator for good. A wrong
+    password counts toward the login lockout (django-axes). Raises PasswordRejected or
+    CodeRejected before anything changes.
+    """
+    confirmed = authenticate(request, username=user.get_username(), password=password)
+    if confirmed is None or confirmed.pk != user.pk:
+        logger.info("re-authentication refused", extra={"user_id": user.pk, "step": "password"})
+        raise PasswordRejected()
+    verify_totp_code(user=user, code=code)
+    return create_backup_codes(user=user)
 
 
 def backup_codes(user: User) -> list[str]:

@@ -16,8 +16,8 @@ from django.views.decorators.http import require_http_methods
 from django_otp import login as otp_login
 
 from . import queries, services, sessions, twofactor
-from .errors import CodeRejected, PictureRejected
-from .forms import CodeForm, LoginForm, PasswordChangeForm, ProfileForm
+from .errors import CodeRejected, PasswordRejected, PictureRejected
+from .forms import CodeForm, LoginForm, PasswordChangeForm, ProfileForm, ReauthForm
 from .signals import second_factor_verified
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,11 @@ def login_view(request: HttpRequest) -> HttpResponse:
             if user is not None and user.is_active:
                 # Password accepted: the session is logged in but not verified; the
                 # SecondFactorRequiredMiddleware keeps every page closed until it is.
+                # (The same person, already verified, keeps their verified session.)
+                stays_verified = _verified(request) and request.user.pk == user.pk
                 auth_login(request, user)
+                if not stays_verified:
+                    sessions.limit_unverified_session(request=request)
                 if next_url:
                     request.session[_NEXT_KEY] = next_url
                 target = (
@@ -99,6 +103,7 @@ def verify_view(request: HttpRequest) -> HttpResponse:
                 form.add_error("code", exc.message)
             else:
                 otp_login(request, device)
+                sessions.restore_idle_timeout(request=request)
                 second_factor_verified.send(sender=None, request=request, user=request.user)
                 if device.__class__.__name__ == "StaticDevice":
                     left = len(twofactor.backup_codes(request.user))
@@ -132,6 +137,7 @@ def enrol_view(request: HttpRequest) -> HttpResponse:
                 form.add_error("code", exc.message)
             else:
                 otp_login(request, device)
+                sessions.restore_idle_timeout(request=request)
                 twofactor.create_backup_codes(user=request.user)
                 request.session[_SHOW_CODES_KEY] = True
                 second_factor_verified.send(sender=None, request=request, user=request.user)
@@ -151,20 +157,38 @@ def enrol_view(request: HttpRequest) -> HttpResponse:
 @never_cache
 @require_http_methods(["GET", "POST"])
 def backup_codes_view(request: HttpRequest) -> HttpResponse:
+    # Bound on every POST, even an empty one, so missing fields get their messages.
+    form = ReauthForm(request.POST if request.method == "POST" else None)
+    status = 200
     if request.method == "POST":
-        twofactor.create_backup_codes(user=request.user)
-        request.session[_SHOW_CODES_KEY] = True
-        messages.success(request, "New backup codes made; the old ones no longer work.")
-        return HttpResponseRedirect(reverse("accounts:backup_codes"))
-    show = request.session.pop(_SHOW_CODES_KEY, False)
+        if form.is_valid():
+            try:
+                twofactor.regenerate_backup_codes(
+                    request=request,
+                    user=request.user,
+                    password=form.cleaned_data["password"],
+                    code=form.cleaned_data["code"],
+                )
+            except PasswordRejected as exc:
+                form.add_error("password", exc.message)
+            except CodeRejected as exc:
+                form.add_error("code", exc.message)
+            else:
+                request.session[_SHOW_CODES_KEY] = True
+                messages.success(request, "New backup codes made; the old ones no longer work.")
+                return HttpResponseRedirect(reverse("accounts:backup_codes"))
+        status = 400
+    # Codes are shown once, on the page after enrolment or after making new ones.
+    show = request.method == "GET" and request.session.pop(_SHOW_CODES_KEY, False)
     codes = twofactor.backup_codes(request.user) if show else []
     context = {
+        "form": form,
         "codes": codes,
         "shown": show,
         "left": len(codes) if show else len(twofactor.backup_codes(request.user)),
         "next_url": request.session.pop(_NEXT_KEY, None) or home_url(),
     }
-    return render(request, "accounts/backup_codes.html", context)
+    return render(request, "accounts/backup_codes.html", context, status=status)
 
 
 @never_cache
