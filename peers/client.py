@@ -72,13 +72,16 @@ def session_for(base_url: str) -> requests.Session:
         return session
 
 
-def _headers(method: str, base_url: str, path: str, body: bytes) -> dict[str, str]:
+def _headers(
+    method: str, base_url: str, path: str, body: bytes, key: SigningKey | None = None
+) -> dict[str, str]:
     # The signature covers the full path as the receiver sees it (prefix of base_url included).
     full_path = urlsplit(base_url).path.rstrip("/") + path
     identity = local_identity()
+    signing_key = identity.signing_key if key is None else key
     headers = {
         "Authorization": protocol.sign_request(
-            identity.signing_key, node=identity.name, method=method, path=full_path, body=body
+            signing_key, node=identity.name, method=method, path=full_path, body=body
         ),
         "Content-Type": "application/json",
     }
@@ -107,10 +110,11 @@ def signed_get(
     headers: dict[str, str] | None = None,
     *,
     timeout: float | None = None,
+    key: SigningKey | None = None,
 ) -> requests.Response:
-    """GET base_url + path, signed with this node's key (empty body)."""
+    """GET base_url + path, signed with this node's key or the given one (empty body)."""
     url = base_url.rstrip("/") + path
-    all_headers = _headers("GET", base_url, path, b"")
+    all_headers = _headers("GET", base_url, path, b"", key)
     all_headers.update(headers or {})
     return session_for(base_url).get(
         url, headers=all_headers, timeout=timeout or settings.PEER_HTTP_TIMEOUT_S

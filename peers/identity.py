@@ -36,3 +36,9 @@ def _decrypt(blob: bytes) -> SigningKey:
 def node_signing_key() -> SigningKey:
     """The node's ed25519 key, decrypted once per process (keyed by the stored ciphertext)."""
     return _decrypt(bytes(local_node().sign_private_encrypted))
+
+
+def pending_signing_key(identity: NodeIdentity) -> SigningKey | None:
+    """The new key of a rotation the login server has not confirmed yet, if there is one."""
+    blob = identity.sign_pending_encrypted
+    return None if blob is None else _decrypt(bytes(blob))

@@ -28,6 +28,11 @@ class NodeIdentity(models.Model):
     public_url = models.URLField(max_length=300)
     sign_public = models.BinaryField(max_length=32)
     sign_private_encrypted = models.BinaryField()
+    sign_pending_encrypted = models.BinaryField(
+        null=True,
+        blank=True,
+        help_text="the new key of a rotation sent to the login server but not yet confirmed",
+    )
     login_server_url = models.URLField(max_length=300)
     login_server_key = models.BinaryField(max_length=32, help_text="pinned when joining")
     joined_at = models.DateTimeField(auto_now_add=True)

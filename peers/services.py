@@ -21,7 +21,7 @@ from accounts.models import User
 
 from . import protocol
 from .client import session_for, signed_get, signed_post
-from .identity import is_joined, local_node
+from .identity import is_joined, local_node, pending_signing_key
 from .models import DirectorySync, DirectoryUser, KeyChangeAck, NodeIdentity, PeerNode
 from .presence import local_presence
 
@@ -106,38 +106,145 @@ def join_network(*, login_server_url: str, token: str, name: str, url: str) -> J
     return JoinResult(identity, fingerprint, protocol.fingerprint(bytes(key.verify_key)))
 
 
-def rotate_node_key() -> tuple[str, str]:
+# --- the node's key ---------------------------------------------------------------------
+class RotationInterrupted(LoginServerError):
+    """No clear answer to a key rotation: the new key stays pending, and running the
+    rotation again finds out whether the login server switched and finishes it."""
+
+
+@dataclass(frozen=True)
+class KeyRotation:
+    old_fingerprint: str
+    new_fingerprint: str
+    resumed: bool  # finished a rotation that an earlier, interrupted run started
+
+
+# Refusals of a resent rotation that the earlier send may have caused by landing meanwhile
+# (the login server then holds the pending key): they prove nothing, so the key stays.
+_MAYBE_ROTATED_MEANWHILE = frozenset({"bad_signature", "key_changed"})
+
+
+def rotate_node_key() -> KeyRotation:
     """Give this node a new signing key, announced to the login server with the old one.
 
-    Returns (old fingerprint, new fingerprint). The new key is stored only once the login
-    server accepted it; a refusal raises LoginServerError and changes nothing. Peers
-    learn the new key from the directory at their next fetch.
+    The new key is committed as pending before it is sent and becomes current once the
+    login server accepted it. A clear refusal drops it (LoginServerError; the old key
+    stays); no clear answer keeps it (RotationInterrupted). Running this again with a key
+    pending first asks the login server whether it already switched, then adopts the key
+    or sends the same one again. Peers learn the new key from the directory.
     """
     identity = local_node()
-    old_public = bytes(identity.sign_public)
-    key = SigningKey.generate()
-    new_public = bytes(key.verify_key)
+    key = pending_signing_key(identity)
+    resumed = key is not None
+    if key is None:
+        key = _store_pending_key()
+    elif _login_server_accepts(identity, key):
+        return _adopt_pending_key(identity, key, resumed=True)
     body = protocol.canonical_json(
         {
-            "sign_key": protocol.b64e(new_public),
+            "sign_key": protocol.b64e(bytes(key.verify_key)),
             "proof": protocol.b64e(protocol.sign_rotation(key, node=identity.name)),
         }
     )
     try:
         response = signed_post(identity.login_server_url, "/api/v1/rotate-key", body)
     except requests.RequestException:
-        raise LoginServerError("unreachable", "login server unreachable") from None
+        raise RotationInterrupted("unreachable", "no answer from the login server") from None
     if response.status_code != 200:
-        raise _refusal(response)
+        error = _refusal(response)
+        clear = 400 <= response.status_code < 500 and error.code != "http_error"
+        if not clear or (resumed and error.code in _MAYBE_ROTATED_MEANWHILE):
+            raise RotationInterrupted(error.code, error.message)
+        _drop_pending_key(key)
+        raise error
+    return _adopt_pending_key(identity, key, resumed=resumed)
+
+
+def finish_interrupted_rotation() -> bool:
+    """Adopt the pending key if the login server already takes it; True if it did.
+
+    For a request refused for its signature: the answer to a rotation may have been lost.
+    Any doubt leaves the key pending for manage.py rotate_node_key.
+    """
+    identity = local_node()
+    key = pending_signing_key(identity)
+    if key is None:
+        return False
+    try:
+        if not _login_server_accepts(identity, key):
+            return False
+    except RotationInterrupted:
+        return False
+    _adopt_pending_key(identity, key, resumed=True)
+    return True
+
+
+def _signed_request_refusal(response: requests.Response) -> LoginServerError:
+    """The refusal of a report or directory fetch. One refused for its signature may mean
+    that a rotation's answer was lost: adopting the pending key heals the next request."""
+    error = _refusal(response)
+    if error.code == "bad_signature":
+        finish_interrupted_rotation()
+    return error
+
+
+def _store_pending_key() -> SigningKey:
+    key = SigningKey.generate()
+    # Committed before the login server can hear of it: whatever happens to the answer,
+    # this node still holds the key the login server may switch to.
+    stored = NodeIdentity.objects.filter(pk=1, sign_pending_encrypted__isnull=True).update(
+        sign_pending_encrypted=encrypt_at_rest(bytes(key))
+    )
+    if not stored:
+        raise LoginServerError("rotation_in_progress", "another key rotation is under way")
+    return key
+
+
+def _login_server_accepts(identity: NodeIdentity, key: SigningKey) -> bool:
+    """Whether the login server takes key as this node's: a directory GET signed with it."""
+    try:
+        response = signed_get(identity.login_server_url, "/api/v1/directory", key=key)
+    except requests.RequestException:
+        raise RotationInterrupted("unreachable", "login server unreachable") from None
+    if response.status_code in (200, 304):
+        return True
+    error = _refusal(response)
+    if response.status_code == 401 and error.code == "bad_signature":
+        return False
+    raise RotationInterrupted(error.code, error.message)
+
+
+def _is_pending(identity: NodeIdentity, key: SigningKey) -> bool:
+    pending = pending_signing_key(identity)
+    return pending is not None and bytes(pending.verify_key) == bytes(key.verify_key)
+
+
+def _adopt_pending_key(old: NodeIdentity, key: SigningKey, *, resumed: bool) -> KeyRotation:
+    """Make key (which the login server accepted) current and no longer pending, at once."""
     with transaction.atomic():
         identity = NodeIdentity.objects.select_for_update().get(pk=1)
-        identity.sign_public = new_public
+        identity.sign_public = bytes(key.verify_key)
         identity.sign_private_encrypted = encrypt_at_rest(bytes(key))
+        fields = ["sign_public", "sign_private_encrypted"]
+        if _is_pending(identity, key):  # not if another process adopted it meanwhile
+            identity.sign_pending_encrypted = None
+            fields.append("sign_pending_encrypted")
         # save() (not update()) so this process drops its cached copy of the old key.
-        identity.save(update_fields=["sign_public", "sign_private_encrypted"])
-    old_fp, new_fp = protocol.fingerprint(old_public), protocol.fingerprint(new_public)
-    logger.warning("node key rotated", extra={"node": identity.name, "fingerprint": new_fp})
-    return old_fp, new_fp
+        identity.save(update_fields=fields)
+    old_fp = protocol.fingerprint(bytes(old.sign_public))
+    new_fp = protocol.fingerprint(bytes(key.verify_key))
+    logger.warning(
+        "node key rotated", extra={"node": old.name, "fingerprint": new_fp, "resumed": resumed}
+    )
+    return KeyRotation(old_fp, new_fp, resumed)
+
+
+def _drop_pending_key(key: SigningKey) -> None:
+    with transaction.atomic():
+        identity = NodeIdentity.objects.select_for_update().get(pk=1)
+        if _is_pending(identity, key):
+            identity.sign_pending_encrypted = None
+            identity.save(update_fields=["sign_pending_encrypted"])
 
 
 # --- presence reports --------------------------------------------------------------------
@@ -176,7 +283,7 @@ def report_presence(*, exclude_session_hash: str | None = None) -> dict:
     except requests.RequestException:
         raise LoginServerError("unreachable", "login server unreachable") from None
     if response.status_code != 200:
-        raise _refusal(response)
+        raise _signed_request_refusal(response)
     return response.json()
 
 
@@ -408,7 +515,7 @@ def fetch_directory() -> str:
             sync.etag = response.headers.get("ETag", "")[:100]
             outcome = "updated"
         else:
-            raise _refusal(response)
+            raise _signed_request_refusal(response)
     except (LoginServerError, protocol.ProtocolError) as error:
         DirectorySync.objects.filter(pk=1).update(last_attempt_at=now, last_error=error.code)
         raise

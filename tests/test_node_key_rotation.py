@@ -1,12 +1,14 @@
 """Rotating an office node's signing key: the login server endpoint through the Django
-test client, the node's service against a live login server, with real signatures."""
+test client, the node's service and command against a live login server (also when the
+answer is lost and the command runs again), with real signatures."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from django.core.management import call_command
+import requests
+from django.core.management import CommandError, call_command
 from nacl.signing import SigningKey
 
 from accounts.crypto import encrypt_at_rest
@@ -14,7 +16,7 @@ from loginserver import services as ls
 from loginserver.models import DirectoryVersion, Node
 from peers import protocol, services
 from peers.client import local_identity
-from peers.identity import node_signing_key
+from peers.identity import node_signing_key, pending_signing_key
 from peers.models import NodeIdentity
 from tests.test_loginserver_api import error_code, make_node, signed, user_entry
 
@@ -214,10 +216,12 @@ def joined(live_server):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_node_stores_the_key_the_login_server_accepted(joined):
-    old_fp, new_fp = services.rotate_node_key()
-    assert old_fp == protocol.fingerprint(bytes(joined.verify_key))
+    rotation = services.rotate_node_key()
+    assert rotation.old_fingerprint == protocol.fingerprint(bytes(joined.verify_key))
+    assert not rotation.resumed
     identity = NodeIdentity.objects.get(pk=1)
-    assert protocol.fingerprint(bytes(identity.sign_public)) == new_fp
+    assert protocol.fingerprint(bytes(identity.sign_public)) == rotation.new_fingerprint
+    assert identity.sign_pending_encrypted is None
     assert stored_key() == bytes(identity.sign_public)
     # This process signs with the new key at once.
     assert bytes(node_signing_key().verify_key) == bytes(identity.sign_public)
@@ -235,6 +239,7 @@ def test_a_refused_rotation_stores_nothing_on_the_node(joined):
     after = NodeIdentity.objects.get(pk=1)
     assert bytes(after.sign_private_encrypted) == bytes(before.sign_private_encrypted)
     assert bytes(after.sign_public) == bytes(joined.verify_key)
+    assert after.sign_pending_encrypted is None
 
 
 @pytest.mark.django_db(transaction=True)
@@ -245,6 +250,162 @@ def test_the_command_prints_both_fingerprints(joined, capsys):
     assert f"old node key fingerprint: {protocol.fingerprint(bytes(joined.verify_key))}" in out
     assert f"new node key fingerprint: {protocol.fingerprint(new_key)}" in out
     assert "next directory fetch" in out
+
+
+# --- an interrupted rotation: the answer is lost, the command runs again ------------------
+def lose_the_answer(monkeypatch, *, after_the_login_server_saw_it: bool) -> None:
+    """The node's rotation request gets no answer: a connection reset, a timeout, a crash."""
+    real_post = services.signed_post
+
+    def post_without_answer(*args, **kwargs):
+        if after_the_login_server_saw_it:
+            real_post(*args, **kwargs)
+        raise requests.ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(services, "signed_post", post_without_answer)
+
+
+def pending_public_key() -> bytes:
+    key = pending_signing_key(NodeIdentity.objects.get(pk=1))
+    assert key is not None
+    return bytes(key.verify_key)
+
+
+def current_public_key() -> bytes:
+    return bytes(NodeIdentity.objects.get(pk=1).sign_public)
+
+
+def interrupted_rotation(monkeypatch, *, after_the_login_server_saw_it: bool) -> bytes:
+    """Run the command once with its answer lost; returns the public key left pending."""
+    with monkeypatch.context() as patched:
+        lose_the_answer(patched, after_the_login_server_saw_it=after_the_login_server_saw_it)
+        with pytest.raises(CommandError):
+            call_command("rotate_node_key")
+    return pending_public_key()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_answer_keeps_the_new_key_pending_and_says_the_command_can_run_again(
+    joined, monkeypatch
+):
+    lose_the_answer(monkeypatch, after_the_login_server_saw_it=True)
+    with pytest.raises(CommandError, match=r"safe to run manage\.py rotate_node_key again"):
+        call_command("rotate_node_key")
+    assert current_public_key() == bytes(joined.verify_key)
+    assert pending_public_key() == stored_key()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_running_again_after_a_lost_answer_adopts_the_key_the_login_server_took(
+    joined, monkeypatch, capsys
+):
+    new_key = interrupted_rotation(monkeypatch, after_the_login_server_saw_it=True)
+
+    call_command("rotate_node_key")
+    out = capsys.readouterr().out
+    assert "interrupted run" in out
+    assert f"old node key fingerprint: {protocol.fingerprint(bytes(joined.verify_key))}" in out
+    assert f"new node key fingerprint: {protocol.fingerprint(new_key)}" in out
+    assert current_public_key() == new_key == stored_key()
+    assert NodeIdentity.objects.get(pk=1).sign_pending_encrypted is None
+    assert services.report_presence()["users"] == 0
+    assert services.fetch_directory() == "updated"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_running_again_after_a_request_that_never_arrived_sends_the_same_key(joined, monkeypatch):
+    new_key = interrupted_rotation(monkeypatch, after_the_login_server_saw_it=False)
+    assert stored_key() == bytes(joined.verify_key)
+
+    rotation = services.rotate_node_key()
+    assert rotation.resumed
+    assert rotation.new_fingerprint == protocol.fingerprint(new_key)
+    assert current_public_key() == new_key == stored_key()
+    assert services.report_presence()["users"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_proxy_error_keeps_the_new_key_pending(joined, monkeypatch):
+    def bad_gateway(*args, **kwargs):
+        response = requests.Response()
+        response.status_code = 502
+        response._content = b"<html>502 Bad Gateway</html>"
+        return response
+
+    monkeypatch.setattr(services, "signed_post", bad_gateway)
+    with pytest.raises(services.RotationInterrupted) as caught:
+        services.rotate_node_key()
+    assert caught.value.code == "http_error"
+    assert current_public_key() == bytes(joined.verify_key)
+    assert pending_public_key() != bytes(joined.verify_key)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_running_again_while_the_login_server_is_unreachable_keeps_the_key_pending(
+    joined, monkeypatch
+):
+    new_key = interrupted_rotation(monkeypatch, after_the_login_server_saw_it=True)
+
+    def unreachable(*args, **kwargs):
+        raise requests.ConnectTimeout("login server unreachable")
+
+    monkeypatch.setattr(services, "signed_get", unreachable)
+    with pytest.raises(CommandError, match=r"^unreachable: .* safe to run"):
+        call_command("rotate_node_key")
+    assert current_public_key() == bytes(joined.verify_key)
+    assert pending_public_key() == new_key
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_resent_rotation_refused_because_the_first_one_landed_meanwhile_keeps_the_key(
+    joined, monkeypatch
+):
+    interrupted_rotation(monkeypatch, after_the_login_server_saw_it=False)
+    real_post = services.signed_post
+
+    def first_request_lands_first(base_url, path, body, **kwargs):
+        # The first, delayed request reaches the login server between check and resend.
+        sign_key, proof = ls.parse_rotation(body)
+        ls.rotate_node_key(node=Node.objects.get(name="hq"), sign_key=sign_key, proof=proof)
+        return real_post(base_url, path, body, **kwargs)
+
+    monkeypatch.setattr(services, "signed_post", first_request_lands_first)
+    with pytest.raises(services.RotationInterrupted) as caught:
+        services.rotate_node_key()
+    assert caught.value.code == "bad_signature"
+    assert pending_public_key() == stored_key()
+    monkeypatch.undo()
+    assert services.rotate_node_key().resumed
+    assert current_public_key() == stored_key()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_report_refused_for_its_signature_adopts_a_pending_key_the_login_server_took(
+    joined, monkeypatch
+):
+    new_key = interrupted_rotation(monkeypatch, after_the_login_server_saw_it=True)
+
+    with pytest.raises(services.LoginServerError) as caught:
+        services.report_presence()
+    assert caught.value.code == "bad_signature"
+    assert current_public_key() == new_key
+    assert services.report_presence()["users"] == 0
+    assert services.fetch_directory() == "updated"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_signature_refusal_leaves_a_pending_key_the_login_server_does_not_know(
+    joined, monkeypatch
+):
+    new_key = interrupted_rotation(monkeypatch, after_the_login_server_saw_it=False)
+    # Something else made the login server refuse the current key (here: a third key).
+    Node.objects.filter(name="hq").update(sign_key=bytes(SigningKey.generate().verify_key))
+
+    with pytest.raises(services.LoginServerError) as caught:
+        services.fetch_directory()
+    assert caught.value.code == "bad_signature"
+    assert current_public_key() == bytes(joined.verify_key)
+    assert pending_public_key() == new_key
 
 
 # --- end to end: real nodes, workers and Redis ------------------------------------------
