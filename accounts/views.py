@@ -46,6 +46,12 @@ def _after_verification(request: HttpRequest) -> HttpResponseRedirect:
     return HttpResponseRedirect(request.session.pop(_NEXT_KEY, None) or home_url())
 
 
+def _posted(request: HttpRequest):
+    """The form data of a POST, even an empty one (so it is validated and says what is
+    missing); None for a GET."""
+    return request.POST if request.method == "POST" else None
+
+
 def _verified(request: HttpRequest) -> bool:
     return request.user.is_authenticated and request.user.is_verified()
 
@@ -56,7 +62,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
     next_url = _safe_next(request, request.POST.get("next") or request.GET.get("next"))
     if _verified(request) and request.method == "GET":
         return HttpResponseRedirect(next_url or home_url())
-    form = LoginForm(request.POST or None)
+    form = LoginForm(_posted(request))
     status = 200
     if request.method == "POST":
         if form.is_valid():
@@ -93,7 +99,7 @@ def verify_view(request: HttpRequest) -> HttpResponse:
         return _after_verification(request)
     if not twofactor.has_second_factor(request.user):
         return HttpResponseRedirect(reverse("accounts:enrol"))
-    form = CodeForm(request.POST or None)
+    form = CodeForm(_posted(request))
     status = 200
     if request.method == "POST":
         if form.is_valid():
@@ -125,7 +131,7 @@ def enrol_view(request: HttpRequest) -> HttpResponse:
         if request.user.is_verified():
             return HttpResponseRedirect(home_url())
         return HttpResponseRedirect(reverse("accounts:verify"))
-    form = CodeForm(request.POST or None)
+    form = CodeForm(_posted(request))
     status = 200
     if request.method == "POST":
         if form.is_valid():
@@ -251,7 +257,7 @@ def profile_edit_view(request: HttpRequest) -> HttpResponse:
 @never_cache
 @require_http_methods(["GET", "POST"])
 def password_change_view(request: HttpRequest) -> HttpResponse:
-    form = PasswordChangeForm(request.user, request.POST or None)
+    form = PasswordChangeForm(request.user, _posted(request))
     status = 200
     if request.method == "POST":
         if form.is_valid():

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from django.test import Client
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts import twofactor
+from tests.helpers.accounts import logged_in, step_now
 from tests.helpers.factories import DEFAULT_PASSWORD, code_at_step, make_person
 
 pytestmark = pytest.mark.django_db
-
-
-def _step() -> int:
-    return int(time.time() // 30)
 
 
 def _admin_login(client: Client, username: str, code: str = ""):
@@ -24,13 +19,6 @@ def _admin_login(client: Client, username: str, code: str = ""):
         "/admin/login/?next=/admin/",
         {"username": username, "password": DEFAULT_PASSWORD, "otp_token": code, "next": "/admin/"},
     )
-
-
-def _logged_in(username: str, secret: str, step: int) -> Client:
-    client = Client()
-    client.post("/login/", {"username": username, "password": DEFAULT_PASSWORD})
-    assert client.post("/login/code/", {"code": code_at_step(secret, step)}).status_code == 302
-    return client
 
 
 def test_the_admin_refuses_a_staff_member_without_a_second_factor():
@@ -45,7 +33,7 @@ def test_the_admin_refuses_a_staff_member_without_a_second_factor():
 def test_the_admin_refuses_a_staff_member_with_a_wrong_code():
     _, secret = make_person("root", staff=True)
     client = Client()
-    right = code_at_step(secret, _step())
+    right = code_at_step(secret, step_now())
     response = _admin_login(client, "root", f"{(int(right) + 1) % 1_000_000:06d}")
     assert "Invalid token" in response.content.decode()
     assert client.get("/admin/").status_code == 302
@@ -54,7 +42,7 @@ def test_the_admin_refuses_a_staff_member_with_a_wrong_code():
 def test_the_admin_login_takes_password_and_code():
     _, secret = make_person("root", staff=True)
     client = Client()
-    response = _admin_login(client, "root", code_at_step(secret, _step()))
+    response = _admin_login(client, "root", code_at_step(secret, step_now()))
     assert response.status_code == 302
     page = client.get("/admin/")
     assert page.status_code == 200
@@ -63,7 +51,7 @@ def test_the_admin_login_takes_password_and_code():
 
 def test_the_admin_refuses_people_who_are_not_staff():
     _, secret = make_person("alice")
-    client = _logged_in("alice", secret, _step())
+    client = logged_in(Client(), "alice", secret, step_now())
     response = client.get("/admin/")
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
@@ -71,14 +59,14 @@ def test_the_admin_refuses_people_who_are_not_staff():
 
 def test_a_staff_member_logged_in_with_both_factors_can_use_the_admin():
     _, secret = make_person("root", staff=True)
-    client = _logged_in("root", secret, _step())
+    client = logged_in(Client(), "root", secret, step_now())
     assert client.get("/admin/accounts/user/").status_code == 200
 
 
 def test_the_person_page_shows_key_fingerprints_but_no_private_key():
     _, secret = make_person("root", staff=True)
     alice, _ = make_person("alice")
-    client = _logged_in("root", secret, _step())
+    client = logged_in(Client(), "root", secret, step_now())
     page = client.get(f"/admin/accounts/user/{alice.pk}/change/").content.decode()
     assert "Signing key (ed25519) fingerprint" in page
     assert "sign_private_encrypted" not in page
@@ -88,9 +76,9 @@ def test_resetting_the_second_factor_forces_enrolment_at_next_login():
     _, admin_secret = make_person("root", staff=True)
     alice, alice_secret = make_person("alice")
     twofactor.create_backup_codes(user=alice)
-    step = _step()
-    alice_client = _logged_in("alice", alice_secret, step)
-    admin = _logged_in("root", admin_secret, step)
+    step = step_now()
+    alice_client = logged_in(Client(), "alice", alice_secret, step)
+    admin = logged_in(Client(), "root", admin_secret, step)
     response = admin.post(
         "/admin/accounts/user/",
         {"action": "reset_second_factor", "_selected_action": [alice.pk]},
@@ -106,7 +94,7 @@ def test_resetting_the_second_factor_forces_enrolment_at_next_login():
 
 def test_the_admin_login_refuses_a_code_that_was_already_used():
     _, secret = make_person("root", staff=True)
-    code = code_at_step(secret, _step())
+    code = code_at_step(secret, step_now())
     assert _admin_login(Client(), "root", code).status_code == 302
 
     again = Client()

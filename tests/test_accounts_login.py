@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import time
-
 import pyotp
 import pytest
 from django.contrib.sessions.models import Session
@@ -14,36 +11,16 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts import twofactor
 from accounts.models import User
+from tests.helpers.accounts import logged_in, pending_secret, post_password, step_now
 from tests.helpers.factories import DEFAULT_PASSWORD, code_at_step, make_person
 
 pytestmark = pytest.mark.django_db
 
 
-def _step() -> int:
-    return int(time.time() // 30)
-
-
-def _password(client: Client, username: str, password: str = DEFAULT_PASSWORD):
-    return client.post("/login/", {"username": username, "password": password})
-
-
-def _pending_secret(username: str) -> str:
-    """The secret of the authenticator being enrolled, as the page shows it (base32)."""
-    device = TOTPDevice.objects.get(user__username=username)
-    return base64.b32encode(device.bin_key).decode().rstrip("=")
-
-
-def _logged_in(client: Client, username: str, secret: str, step: int | None = None) -> Client:
-    _password(client, username)
-    response = client.post("/login/code/", {"code": code_at_step(secret, step or _step())})
-    assert response.status_code == 302, response.content
-    return client
-
-
 def test_it_sends_a_person_with_an_authenticator_to_the_code_page():
     make_person("alice")
     client = Client()
-    response = _password(client, "alice")
+    response = post_password(client, "alice")
     assert response.status_code == 302
     assert response["Location"] == "/login/code/"
 
@@ -51,7 +28,7 @@ def test_it_sends_a_person_with_an_authenticator_to_the_code_page():
 def test_it_keeps_pages_closed_after_the_password_alone():
     make_person("alice")
     client = Client()
-    _password(client, "alice")
+    post_password(client, "alice")
     response = client.get("/profile/")
     assert response.status_code == 302
     assert response["Location"].startswith("/login/code/")
@@ -59,14 +36,14 @@ def test_it_keeps_pages_closed_after_the_password_alone():
 
 def test_it_refuses_a_wrong_password_with_a_message():
     make_person("alice")
-    response = _password(Client(), "alice", "not the password at all")
+    response = post_password(Client(), "alice", "not the password at all")
     assert response.status_code == 400
     assert "Wrong username or password." in response.content.decode()
 
 
 def test_it_logs_in_with_password_and_code_and_opens_the_profile():
     _, secret = make_person("alice")
-    client = _logged_in(Client(), "alice", secret)
+    client = logged_in(Client(), "alice", secret)
     response = client.get("/profile/")
     assert response.status_code == 200
     assert "Your profile" in response.content.decode()
@@ -76,7 +53,7 @@ def test_it_returns_to_the_page_asked_for_after_login():
     _, secret = make_person("alice")
     client = Client()
     client.post("/login/?next=/password/", {"username": "alice", "password": DEFAULT_PASSWORD})
-    response = client.post("/login/code/", {"code": code_at_step(secret, _step())})
+    response = client.post("/login/code/", {"code": code_at_step(secret, step_now())})
     assert response["Location"] == "/password/"
 
 
@@ -86,15 +63,15 @@ def test_it_ignores_a_next_url_on_another_site():
     client.post(
         "/login/", {"username": "alice", "password": DEFAULT_PASSWORD, "next": "https://evil.test/"}
     )
-    response = client.post("/login/code/", {"code": code_at_step(secret, _step())})
+    response = client.post("/login/code/", {"code": code_at_step(secret, step_now())})
     assert "evil" not in response["Location"]
 
 
 def test_a_wrong_code_is_refused_with_a_message():
     _, secret = make_person("alice")
     client = Client()
-    _password(client, "alice")
-    right = code_at_step(secret, _step())
+    post_password(client, "alice")
+    right = code_at_step(secret, step_now())
     wrong = f"{(int(right) + 1) % 1_000_000:06d}"
     response = client.post("/login/code/", {"code": wrong})
     assert response.status_code == 400
@@ -104,10 +81,10 @@ def test_a_wrong_code_is_refused_with_a_message():
 
 def test_a_code_cannot_be_used_twice():
     _, secret = make_person("alice")
-    step = _step()
-    _logged_in(Client(), "alice", secret, step)
+    step = step_now()
+    logged_in(Client(), "alice", secret, step)
     client = Client()
-    _password(client, "alice")
+    post_password(client, "alice")
     response = client.post("/login/code/", {"code": code_at_step(secret, step)})
     assert response.status_code == 400
     assert "already used" in response.content.decode()
@@ -116,10 +93,10 @@ def test_a_code_cannot_be_used_twice():
 
 def test_an_older_code_than_the_last_used_one_is_refused():
     _, secret = make_person("alice")
-    step = _step()
-    _logged_in(Client(), "alice", secret, step + 1)
+    step = step_now()
+    logged_in(Client(), "alice", secret, step + 1)
     client = Client()
-    _password(client, "alice")
+    post_password(client, "alice")
     response = client.post("/login/code/", {"code": code_at_step(secret, step)})
     assert response.status_code == 400
     assert client.get("/profile/").status_code == 302
@@ -128,11 +105,11 @@ def test_an_older_code_than_the_last_used_one_is_refused():
 def test_repeated_wrong_codes_are_throttled_with_a_message():
     _, secret = make_person("alice")
     client = Client()
-    _password(client, "alice")
-    right = code_at_step(secret, _step())
+    post_password(client, "alice")
+    right = code_at_step(secret, step_now())
     client.post("/login/code/", {"code": f"{(int(right) + 1) % 1_000_000:06d}"})
     # right away, even the right code waits out the throttle delay
-    response = client.post("/login/code/", {"code": code_at_step(secret, _step())})
+    response = client.post("/login/code/", {"code": code_at_step(secret, step_now())})
     assert response.status_code == 400
     assert "Too many wrong codes" in response.content.decode()
     assert client.get("/profile/").status_code == 302
@@ -141,7 +118,7 @@ def test_repeated_wrong_codes_are_throttled_with_a_message():
 def test_a_code_of_the_wrong_shape_gets_a_message():
     make_person("alice")
     client = Client()
-    _password(client, "alice")
+    post_password(client, "alice")
     response = client.post("/login/code/", {"code": "12ab"})
     assert "Enter the 6-digit code" in response.content.decode()
 
@@ -149,22 +126,47 @@ def test_a_code_of_the_wrong_shape_gets_a_message():
 def test_a_huge_code_is_refused_with_a_message():
     make_person("alice")
     client = Client()
-    _password(client, "alice")
+    post_password(client, "alice")
     response = client.post("/login/code/", {"code": "1" * 5000})
     assert response.status_code == 400
     assert "at most 32 characters" in response.content.decode()
+
+
+def test_an_empty_login_form_says_what_is_missing():
+    response = Client().post("/login/", {})
+    assert response.status_code == 400
+    assert response.content.decode().count("This field is required.") == 2
+
+
+def test_an_empty_code_form_says_what_is_missing():
+    make_person("alice")
+    client = Client()
+    post_password(client, "alice")
+    response = client.post("/login/code/", {})
+    assert response.status_code == 400
+    assert "This field is required." in response.content.decode()
+
+
+def test_an_empty_enrolment_form_says_what_is_missing():
+    make_person("alice", totp=False)
+    client = Client()
+    post_password(client, "alice")
+    client.get("/setup/2fa/")
+    response = client.post("/setup/2fa/", {})
+    assert response.status_code == 400
+    assert "This field is required." in response.content.decode()
 
 
 def test_a_backup_code_logs_in_once():
     user, _ = make_person("alice")
     codes = twofactor.create_backup_codes(user=user)
     client = Client()
-    _password(client, "alice")
+    post_password(client, "alice")
     response = client.post("/login/code/", {"code": codes[0].upper()})
     assert response.status_code == 302
     assert client.get("/profile/").status_code == 200
     again = Client()
-    _password(again, "alice")
+    post_password(again, "alice")
     response = again.post("/login/code/", {"code": codes[0]})
     assert response.status_code == 400
     assert "already used" in response.content.decode()
@@ -174,7 +176,7 @@ def test_a_backup_code_logs_in_once():
 def test_a_person_without_an_authenticator_must_enrol_first():
     make_person("bob", totp=False)
     client = Client()
-    response = _password(client, "bob")
+    response = post_password(client, "bob")
     assert response["Location"] == "/setup/2fa/"
     assert client.get("/profile/")["Location"].startswith("/setup/2fa/")
     assert client.get("/login/code/")["Location"] == "/setup/2fa/"
@@ -183,10 +185,10 @@ def test_a_person_without_an_authenticator_must_enrol_first():
 def test_enrolment_shows_a_qr_code_and_the_secret_and_confirms_with_a_code():
     make_person("bob", totp=False)
     client = Client()
-    _password(client, "bob")
+    post_password(client, "bob")
     page = client.get("/setup/2fa/").content.decode()
     assert 'src="data:image/png;base64,' in page
-    secret = _pending_secret("bob")
+    secret = pending_secret("bob")
     assert secret in page
     assert f"otpauth://totp/p2psocial:bob?secret={secret}" in page
     response = client.post("/setup/2fa/", {"code": pyotp.TOTP(secret).now()})
@@ -203,9 +205,9 @@ def test_enrolment_shows_a_qr_code_and_the_secret_and_confirms_with_a_code():
 def test_backup_codes_are_shown_only_once():
     make_person("bob", totp=False)
     client = Client()
-    _password(client, "bob")
+    post_password(client, "bob")
     client.get("/setup/2fa/")
-    secret = _pending_secret("bob")
+    secret = pending_secret("bob")
     client.post("/setup/2fa/", {"code": pyotp.TOTP(secret).now()})
     client.get("/setup/backup-codes/")
     page = client.get("/setup/backup-codes/").content.decode()
@@ -217,7 +219,7 @@ def test_backup_codes_are_shown_only_once():
 def test_a_wrong_enrolment_code_is_refused_and_nothing_is_confirmed():
     make_person("bob", totp=False)
     client = Client()
-    _password(client, "bob")
+    post_password(client, "bob")
     client.get("/setup/2fa/")
     response = client.post("/setup/2fa/", {"code": "12345"})
     assert response.status_code == 400
@@ -230,21 +232,21 @@ def test_wrong_passwords_lock_the_login_with_a_clear_page(settings):
     make_person("alice")
     client = Client()
     for _ in range(2):
-        assert _password(client, "alice", "wrong wrong wrong").status_code == 400
-    response = _password(client, "alice", "wrong wrong wrong")
+        assert post_password(client, "alice", "wrong wrong wrong").status_code == 400
+    response = post_password(client, "alice", "wrong wrong wrong")
     assert response.status_code == 429
     assert "Too many failed logins" in response.content.decode()
     # now even the right password is refused
-    response = _password(client, "alice")
+    response = post_password(client, "alice")
     assert response.status_code == 429
     assert "_auth_user_id" not in client.session
 
 
 def test_logout_ends_every_session_of_the_person():
     _, secret = make_person("alice")
-    step = _step()
-    first = _logged_in(Client(), "alice", secret, step)
-    second = _logged_in(Client(), "alice", secret, step + 1)
+    step = step_now()
+    first = logged_in(Client(), "alice", secret, step)
+    second = logged_in(Client(), "alice", secret, step + 1)
     assert first.get("/profile/").status_code == 200
     response = second.post("/logout/")
     assert response["Location"] == "/login/"
@@ -258,7 +260,7 @@ def test_logout_ends_every_session_of_the_person():
 
 def test_logout_needs_a_post():
     _, secret = make_person("alice")
-    client = _logged_in(Client(), "alice", secret)
+    client = logged_in(Client(), "alice", secret)
     page = client.get("/logout/")
     assert page.status_code == 200
     assert client.get("/profile/").status_code == 200
@@ -266,9 +268,9 @@ def test_logout_needs_a_post():
 
 def test_password_change_ends_other_sessions_and_keeps_this_one():
     _, secret = make_person("alice")
-    step = _step()
-    other = _logged_in(Client(), "alice", secret, step)
-    this = _logged_in(Client(), "alice", secret, step + 1)
+    step = step_now()
+    other = logged_in(Client(), "alice", secret, step)
+    this = logged_in(Client(), "alice", secret, step + 1)
     response = this.post(
         "/password/",
         {
@@ -285,7 +287,7 @@ def test_password_change_ends_other_sessions_and_keeps_this_one():
 
 def test_a_weak_new_password_is_refused_with_a_message():
     _, secret = make_person("alice")
-    client = _logged_in(Client(), "alice", secret)
+    client = logged_in(Client(), "alice", secret)
     response = client.post(
         "/password/",
         {"old_password": DEFAULT_PASSWORD, "new_password1": "123", "new_password2": "123"},
@@ -297,7 +299,7 @@ def test_a_weak_new_password_is_refused_with_a_message():
 
 def test_activity_is_written_at_most_once_per_interval():
     _, secret = make_person("alice")
-    client = _logged_in(Client(), "alice", secret)
+    client = logged_in(Client(), "alice", secret)
     client.get("/profile/")
     first = User.objects.get(username="alice").last_activity
     assert first is not None
@@ -314,7 +316,7 @@ def test_anonymous_json_requests_get_a_json_401():
 def test_a_form_without_csrf_token_gets_a_human_403():
     make_person("alice")
     client = Client(enforce_csrf_checks=True)
-    response = _password(client, "alice")
+    response = post_password(client, "alice")
     assert response.status_code == 403
     assert "security token" in response.content.decode()
     assert "_auth_user_id" not in client.session
@@ -322,7 +324,7 @@ def test_a_form_without_csrf_token_gets_a_human_403():
 
 def test_a_huge_login_form_is_refused_with_a_message():
     make_person("alice")
-    response = _password(Client(), "alice" * 100, "x" * 5000)
+    response = post_password(Client(), "alice" * 100, "x" * 5000)
     assert response.status_code == 400
     body = response.content.decode()
     assert "at most 150 characters" in body

@@ -12,8 +12,8 @@ from django.test import Client
 
 from accounts import twofactor
 from accounts.models import User
+from tests.helpers.accounts import logged_in, pending_secret, post_password, step_now
 from tests.helpers.factories import DEFAULT_PASSWORD, code_at_step, make_person
-from tests.test_accounts_login import _logged_in, _password, _pending_secret, _step
 
 pytestmark = pytest.mark.django_db
 
@@ -22,8 +22,8 @@ def _with_backup_codes(username: str = "alice") -> tuple[Client, User, str, list
     """A verified session of a person with backup codes; returns the step of the code used."""
     user, secret = make_person(username)
     codes = twofactor.create_backup_codes(user=user)
-    step = _step()
-    client = _logged_in(Client(), username, secret, step)
+    step = step_now()
+    client = logged_in(Client(), username, secret, step)
     return client, user, secret, codes, step
 
 
@@ -69,7 +69,7 @@ def test_it_makes_new_codes_with_the_password_and_a_current_code():
     assert not set(old_codes) & set(new_codes)
     # the old codes no longer log in
     again = Client()
-    _password(again, "alice")
+    post_password(again, "alice")
     refused = again.post("/login/code/", {"code": old_codes[0]})
     assert refused.status_code == 400
     assert "not right or was already used" in refused.content.decode()
@@ -99,7 +99,7 @@ def test_a_wrong_password_is_refused_and_the_old_codes_still_log_in():
     assert "That password is not right." in response.content.decode()
     assert twofactor.backup_codes(user) == old_codes
     again = Client()
-    _password(again, "alice")
+    post_password(again, "alice")
     assert again.post("/login/code/", {"code": old_codes[0]}).status_code == 302
 
 
@@ -162,15 +162,15 @@ def test_wrong_passwords_on_the_backup_codes_page_lock_the_login(settings):
     # the right password and code are refused too, here and on the login page
     assert _regenerate(client, DEFAULT_PASSWORD, code).status_code == 429
     assert twofactor.backup_codes(user) == old_codes
-    assert _password(Client(), "alice").status_code == 429
+    assert post_password(Client(), "alice").status_code == 429
 
 
 def test_the_codes_right_after_enrolment_are_shown_without_asking_again():
     make_person("bob", totp=False)
     client = Client()
-    _password(client, "bob")
+    post_password(client, "bob")
     client.get("/setup/2fa/")
-    client.post("/setup/2fa/", {"code": pyotp.TOTP(_pending_secret("bob")).now()})
+    client.post("/setup/2fa/", {"code": pyotp.TOTP(pending_secret("bob")).now()})
     page = client.get("/setup/backup-codes/").content.decode()
     codes = twofactor.backup_codes(User.objects.get(username="bob"))
     assert len(codes) == 10
@@ -185,13 +185,13 @@ def test_a_session_with_only_the_password_ends_after_the_short_time(settings):
     settings.UNVERIFIED_SESSION_S = 120
     make_person("alice")
     client = Client()
-    _password(client, "alice")
+    post_password(client, "alice")
     assert 110 <= client.session.get_expiry_age() <= 120
 
 
 def test_after_the_code_the_session_has_the_normal_idle_timeout():
     _, secret = make_person("alice")
-    client = _logged_in(Client(), "alice", secret)
+    client = logged_in(Client(), "alice", secret)
     assert client.session.get_expiry_age() == 3600
     assert "_session_expiry" not in client.session
 
@@ -199,9 +199,9 @@ def test_after_the_code_the_session_has_the_normal_idle_timeout():
 def test_after_enrolment_the_session_has_the_normal_idle_timeout():
     make_person("bob", totp=False)
     client = Client()
-    _password(client, "bob")
+    post_password(client, "bob")
     client.get("/setup/2fa/")
-    client.post("/setup/2fa/", {"code": pyotp.TOTP(_pending_secret("bob")).now()})
+    client.post("/setup/2fa/", {"code": pyotp.TOTP(pending_secret("bob")).now()})
     assert client.session.get_expiry_age() == 3600
     assert "_session_expiry" not in client.session
 
@@ -209,7 +209,7 @@ def test_after_enrolment_the_session_has_the_normal_idle_timeout():
 def test_an_unverified_session_past_the_short_time_lands_on_the_login_page():
     make_person("alice")
     client = Client()
-    _password(client, "alice")
+    post_password(client, "alice")
     _age_session(client, 301)
     response = client.get("/login/code/", follow=True)
     assert response.redirect_chain[-1][0] == "/login/"
@@ -220,7 +220,7 @@ def test_an_unverified_session_past_the_short_time_lands_on_the_login_page():
 def test_an_unverified_session_cannot_be_kept_alive_by_requests():
     make_person("alice")
     client = Client()
-    _password(client, "alice")
+    post_password(client, "alice")
     _age_session(client, 200)
     assert client.get("/login/code/").status_code == 200
     _age_session(client, 101)
@@ -229,14 +229,14 @@ def test_an_unverified_session_cannot_be_kept_alive_by_requests():
 
 def test_a_verified_session_outlives_the_short_time():
     _, secret = make_person("alice")
-    client = _logged_in(Client(), "alice", secret)
+    client = logged_in(Client(), "alice", secret)
     _age_session(client, 301)
     assert client.get("/profile/").status_code == 200
 
 
 def test_a_verified_person_who_sends_the_password_again_stays_verified():
     _, secret = make_person("alice")
-    client = _logged_in(Client(), "alice", secret)
-    _password(client, "alice")
+    client = logged_in(Client(), "alice", secret)
+    post_password(client, "alice")
     assert client.session.get_expiry_age() == 3600
     assert client.get("/profile/").status_code == 200
