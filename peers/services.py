@@ -383,7 +383,7 @@ def apply_directory(*, body: bytes, signature: bytes) -> ApplyResult:
             if node is None:
                 existing_nodes[name] = PeerNode.objects.create(name=name, active=True, **data)
                 continue
-            if data["online"] and not node.online and node.active:
+            if data["online"] and not (node.online and node.active):  # back, or listed again
                 result.came_online.append(name)
             changed = (
                 node.url != data["url"]

@@ -195,6 +195,22 @@ def test_a_node_coming_back_online_is_announced():
     assert sync().came_online == ["branch"]
 
 
+def test_a_node_listed_again_after_it_was_gone_is_announced():
+    """Messages queued for it must go at once, as for a node that was only offline."""
+    join_as("hq")
+    branch = enrol("branch")
+    report(branch, person("carol"))
+    sync()
+    Node.objects.filter(name="branch").update(active=False)  # off the directory for a while
+    ls.bump_directory_version()
+    sync()
+    assert not PeerNode.objects.get(name="branch").active
+    Node.objects.filter(name="branch").update(active=True)
+    ls.bump_directory_version()
+    report(branch, person("carol"))
+    assert sync().came_online == ["branch"]
+
+
 def test_an_unknown_peer_node_is_refused():
     with pytest.raises(protocol.ProtocolError) as refused:
         directory.resolve_peer_node("ghost")
