@@ -29,7 +29,7 @@ from accounts.keys import box_key_for, signing_key_for
 from accounts.models import User, UserKeys
 from p2psocial import redis_client
 from peers import protocol
-from peers.auth import KnownNode
+from peers.auth import KnownNode, write_transaction
 from peers.models import DirectoryUser, PeerNode
 
 from . import errors, queries
@@ -212,7 +212,7 @@ def send_message(*, sender: User, recipient_username: str, text: str) -> Message
     )
     if len(sealed.raw) > protocol.MAX_ENVELOPE_BYTES:
         raise errors.MessageTooLong("This message is too long to send; please shorten it.")
-    with transaction.atomic():
+    with write_transaction():
         message = Message.objects.create(
             envelope_id=uuid.UUID(envelope_id),
             kind="message",
@@ -232,7 +232,9 @@ def send_message(*, sender: User, recipient_username: str, text: str) -> Message
             destination=recipient.node,
             message=message,
         ).save()
-        schedule_delivery(recipient.node)
+    # After the block: it runs at once unless a caller's transaction is still open, and
+    # not while this process's other sending threads queue behind the SQLite writer.
+    schedule_delivery(recipient.node)
     logger.info(
         "message queued",
         extra={"envelope": envelope_id, "node": recipient.node, "sender": sender.username},
