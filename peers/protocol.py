@@ -42,6 +42,7 @@ ENVELOPE_KINDS = frozenset({"message", "read"})
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _USERNAME = re.compile(r"[A-Za-z0-9_.+-]{1,150}")
 _NONCE = re.compile(r"[0-9a-f]{32}")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # Unix seconds, ASCII digits only
 _AUTH_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -86,6 +87,29 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+# A \uD800-\uDFFF escape: the only way JSON text can carry a lone surrogate, which is
+# not Unicode text and cannot be encoded again (canonical_json, the database).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _encodable(value: Any) -> bool:
+    """Every string in value (keys too) is valid Unicode text."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
 def parse_json_object(body: bytes, *, what: str = "body") -> dict[str, Any]:
     try:
         value = json.loads(body)
@@ -93,6 +117,8 @@ def parse_json_object(body: bytes, *, what: str = "body") -> dict[str, Any]:
         raise _fail("malformed_json", f"{what} is not valid JSON") from None
     if not isinstance(value, dict):
         raise _fail("malformed_json", f"{what} must be a JSON object")
+    if _SURROGATE_ESCAPE.search(body) and not _encodable(value):
+        raise _fail("malformed_json", f"{what} contains a lone surrogate, which is not text")
     return value
 
 
@@ -173,6 +199,8 @@ def parse_auth_header(value: str | None) -> RequestAuth:
     params = dict(_AUTH_PARAM.findall(value[len(AUTH_SCHEME) + 1 :]))
     try:
         node = validate_node_name(params["node"])
+        if not _TIMESTAMP.fullmatch(params["ts"]):
+            raise ValueError("timestamp")
         timestamp = int(params["ts"])
         nonce = params["nonce"]
         signature = b64d(params["sig"], field="sig", length=64)

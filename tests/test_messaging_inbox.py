@@ -356,6 +356,19 @@ def test_a_stale_request_is_refused(client, net):
     assert nothing_stored()
 
 
+def test_a_timestamp_too_big_for_any_clock_is_refused_not_a_500(client, net):
+    body = batch(seal_from(net.rita, net.bob))
+    response = post_signed(client, net.branch, body, timestamp=10**400)
+    assert (response.status_code, response.json()["error"]["code"]) == (401, "bad_auth_header")
+    assert nothing_stored()
+
+
+def test_a_lone_surrogate_in_the_batch_is_refused_not_a_500(client, net):
+    response = post_signed(client, net.branch, b'{"envelopes":[],"x":"\\ud800"}')
+    assert (response.status_code, response.json()["error"]["code"]) == (400, "malformed_json")
+    assert nothing_stored()
+
+
 def test_an_unsigned_request_is_refused(client, net):
     response = client.post(INBOX, data=batch(seal_from(net.rita, net.bob)), content_type="x")
     assert (response.status_code, response.json()["error"]["code"]) == (401, "missing_signature")

@@ -316,6 +316,31 @@ def test_a_malformed_auth_header_is_refused(header):
     assert caught.value.code in {"missing_signature", "bad_auth_header"}
 
 
+@pytest.mark.parametrize(
+    "ts", ["1" + "0" * 400, "\u0661\u0667" + "\u0660" * 8, "-1", "+1700000000", " 1"]
+)
+def test_a_timestamp_that_is_not_plain_unix_seconds_is_refused(ts):
+    """A 400-digit timestamp once overflowed float() in the window check: a 500."""
+    header = f'P2P-Node node="hq",ts="{ts}",nonce="{"0" * 32}",sig="{protocol.b64e(bytes(64))}"'
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_auth_header(header)
+    assert (caught.value.code, caught.value.status) == ("bad_auth_header", 401)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"text":"\\ud800"}', b'{"\\uDFFF":1}', b'{"a":[{"b":"x\\udbffy"}]}'],
+)
+def test_a_lone_surrogate_in_json_is_refused_as_malformed(body):
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_json_object(body)
+    assert (caught.value.code, caught.value.status) == ("malformed_json", 400)
+
+
+def test_an_escaped_surrogate_pair_is_ordinary_text():
+    assert protocol.parse_json_object(b'{"a":"\\ud83d\\ude00"}') == {"a": "\U0001f600"}
+
+
 # --- acknowledgements -------------------------------------------------------------------
 def test_it_signs_the_known_acknowledgement():
     assert protocol.sign_ack(NODE_KEY, ENVELOPE_ID, EXPECTED_RAW) == {
