@@ -78,9 +78,12 @@ GET /api/v1/directory (signed)
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from dataclasses import dataclass, field
 
+from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -89,10 +92,8 @@ from peers.auth import (
     KnownNode,
     error_response,
     read_body,
-    record_nonce,
+    run_signed,
     signed_endpoint,
-    verify_signed_request,
-    write_transaction,
 )
 
 from . import directory, services
@@ -140,16 +141,63 @@ def enrol(request: HttpRequest) -> JsonResponse:
     )
 
 
-@signed_endpoint(services.resolve_node)
-def report(request: HttpRequest, node: KnownNode) -> dict:
-    parsed = services.parse_report(request.signed_body)
-    result = services.accept_report(node=node.obj, report=parsed)
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer as plain values, so Django's view and loginserver.asgi send the same."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, payload: dict, status: int = 200) -> Answer:
+        body = json.dumps(payload, cls=DjangoJSONEncoder, ensure_ascii=False).encode()
+        return cls(status, body, {"Content-Type": "application/json"})
+
+    def http_response(self) -> HttpResponse:
+        return HttpResponse(self.body, status=self.status, headers=self.headers)
+
+
+def _report_payload(body: bytes, node: KnownNode) -> dict:
+    result = services.accept_report(node=node.obj, report=services.parse_report(body))
     return {
         "users": result.users,
         "signed": result.signed,
         "presence_changed": result.presence_changed,
         "removed": result.removed,
     }
+
+
+def answer_report(
+    *, path: str, authorization: str | None, body: bytes, remote: str | None
+) -> Answer:
+    """POST /api/v1/report once the body is read: verify, claim the nonce, store, answer."""
+    payload, status = run_signed(
+        method="POST",
+        path=path,
+        authorization=authorization,
+        body=body,
+        remote=remote,
+        resolve=services.resolve_node,
+        view=lambda node: _report_payload(body, node),
+    )
+    return Answer.json(payload, status)
+
+
+@csrf_exempt
+def report(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        return error_response(protocol.ProtocolError("method_not_allowed", "use POST", 405))
+    try:
+        body = read_body(request)
+    except protocol.ProtocolError as error:
+        return _refused(request, error)
+    return answer_report(
+        path=request.get_full_path(),
+        authorization=request.headers.get("Authorization"),
+        body=body,
+        remote=request.META.get("REMOTE_ADDR"),
+    ).http_response()
 
 
 @signed_endpoint(services.resolve_node)
@@ -159,27 +207,57 @@ def rotate_key(request: HttpRequest, node: KnownNode) -> dict:
     return {"node": rotated.name, "node_fingerprint": protocol.fingerprint(sign_key)}
 
 
+def answer_directory(
+    *,
+    path: str,
+    authorization: str | None,
+    if_none_match: str | None,
+    body: bytes,
+    remote: str | None,
+) -> Answer:
+    """GET /api/v1/directory: verify, claim the nonce, then 304 or the signed directory."""
+    started = time.perf_counter()
+    payload, status = run_signed(
+        method="GET",
+        path=path,
+        authorization=authorization,
+        body=body,
+        remote=remote,
+        resolve=services.resolve_node,
+        view=lambda node: {},
+    )
+    if status != 200:
+        return Answer.json(payload, status)
+    snap = directory.snapshot()
+    if if_none_match == snap.etag:
+        answer = Answer(304, headers={"ETag": snap.etag})
+    else:
+        answer = Answer(
+            200,
+            snap.body,
+            {
+                "Content-Type": "application/json",
+                "ETag": snap.etag,
+                "X-P2P-Signature": snap.signature,
+            },
+        )
+    # The view's own time, apart from the HTTP server and middleware (for benchmarks).
+    answer.headers["Server-Timing"] = f"view;dur={(time.perf_counter() - started) * 1000:.3f}"
+    return answer
+
+
 @csrf_exempt
 def directory_view(request: HttpRequest) -> HttpResponse:
-    started = time.perf_counter()
     if request.method != "GET":
         return error_response(protocol.ProtocolError("method_not_allowed", "use GET", 405))
     try:
         body = read_body(request)
-        _, auth = verify_signed_request(request, body, services.resolve_node)
-        with write_transaction():
-            record_nonce(auth)
     except protocol.ProtocolError as error:
         return _refused(request, error)
-    snap = directory.snapshot()
-    if request.headers.get("If-None-Match") == snap.etag:
-        response = HttpResponse(status=304, headers={"ETag": snap.etag})
-    else:
-        response = HttpResponse(
-            snap.body,
-            content_type="application/json",
-            headers={"ETag": snap.etag, "X-P2P-Signature": snap.signature},
-        )
-    # The view's own time, apart from the HTTP server and middleware (for benchmarks).
-    response["Server-Timing"] = f"view;dur={(time.perf_counter() - started) * 1000:.3f}"
-    return response
+    return answer_directory(
+        path=request.get_full_path(),
+        authorization=request.headers.get("Authorization"),
+        if_none_match=request.headers.get("If-None-Match"),
+        body=body,
+        remote=request.META.get("REMOTE_ADDR"),
+    ).http_response()

@@ -12,6 +12,11 @@ from .logging import request_id_var
 _VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+def request_id_from(incoming: str) -> str:
+    """A peer's X-Request-Id when it is well formed, else a new one."""
+    return incoming if _VALID_ID.fullmatch(incoming) else secrets.token_hex(8)
+
+
 class RequestIdMiddleware:
     """Takes a peer's X-Request-Id (so one message can be followed across nodes) or makes one."""
 
@@ -19,8 +24,7 @@ class RequestIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        incoming = request.headers.get("X-Request-Id", "")
-        request_id = incoming if _VALID_ID.fullmatch(incoming) else secrets.token_hex(8)
+        request_id = request_id_from(request.headers.get("X-Request-Id", ""))
         request.request_id = request_id
         token = request_id_var.set(request_id)
         try:

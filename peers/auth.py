@@ -47,18 +47,26 @@ def error_response(error: protocol.ProtocolError) -> JsonResponse:
     return JsonResponse({"error": error.as_dict()}, status=error.status)
 
 
-def read_body(request: HttpRequest) -> bytes:
-    """The exact request bytes, refused with 413 when over the limit."""
+def refuse_oversized_body(length: int) -> None:
+    """413 when a body of this many bytes (declared or read so far) is over the limit."""
     limit = settings.PEER_MAX_BODY_BYTES
+    if length > limit:
+        raise protocol.ProtocolError("body_too_large", f"body exceeds {limit} bytes", 413)
+
+
+def declared_length(value: str | None) -> int:
+    """The Content-Length header as a number (0 when absent); 400 when it is not one."""
     try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        return int(value or 0)
     except ValueError:
         raise protocol.ProtocolError("bad_request", "invalid Content-Length") from None
-    if declared > limit:
-        raise protocol.ProtocolError("body_too_large", f"body exceeds {limit} bytes", 413)
-    body = request.read(limit + 1)
-    if len(body) > limit:
-        raise protocol.ProtocolError("body_too_large", f"body exceeds {limit} bytes", 413)
+
+
+def read_body(request: HttpRequest) -> bytes:
+    """The exact request bytes, refused with 413 when over the limit."""
+    refuse_oversized_body(declared_length(request.META.get("CONTENT_LENGTH")))
+    body = request.read(settings.PEER_MAX_BODY_BYTES + 1)
+    refuse_oversized_body(len(body))
     return body
 
 
@@ -82,25 +90,38 @@ def _prune_now_and_then() -> None:
         prune_seen_nonces()
 
 
-def verify_signed_request(
-    request: HttpRequest, body: bytes, resolve: NodeResolver
+def verify_signed(
+    *, method: str, path: str, authorization: str | None, body: bytes, resolve: NodeResolver
 ) -> tuple[KnownNode, protocol.RequestAuth]:
     """Check the Authorization header, the node and its signature; reads only, no writes.
 
     Runs before the write transaction, so a forged or stale request never takes the
-    database's write lock.
+    database's write lock. path is the path with its query, exactly as sent.
     """
-    auth = protocol.parse_auth_header(request.headers.get("Authorization"))
+    auth = protocol.parse_auth_header(authorization)
     node = resolve(auth.node)
     protocol.verify_request(
         node.verify_key,
         auth,
-        method=request.method or "",
-        path=request.get_full_path(),
+        method=method,
+        path=path,
         body=body,
         max_skew_s=settings.REQUEST_MAX_SKEW_S,
     )
     return node, auth
+
+
+def verify_signed_request(
+    request: HttpRequest, body: bytes, resolve: NodeResolver
+) -> tuple[KnownNode, protocol.RequestAuth]:
+    """verify_signed for a Django request."""
+    return verify_signed(
+        method=request.method or "",
+        path=request.get_full_path(),
+        authorization=request.headers.get("Authorization"),
+        body=body,
+        resolve=resolve,
+    )
 
 
 _CLAIM_NONCE_SQL = (
@@ -148,6 +169,38 @@ def write_transaction() -> Iterator[None]:
         yield
 
 
+def log_refusal(error: protocol.ProtocolError, *, path: str, remote: str | None) -> None:
+    logger.warning(
+        "signed request refused",
+        extra={"code": error.code, "path": path, "remote": remote},
+    )
+
+
+def run_signed(
+    *,
+    method: str,
+    path: str,
+    authorization: str | None,
+    body: bytes,
+    remote: str | None,
+    resolve: NodeResolver,
+    view: Callable[[KnownNode], dict[str, Any] | tuple[dict[str, Any], int]],
+) -> tuple[dict[str, Any], int]:
+    """Verify a signed request, then claim its nonce and run view(node) in one write
+    transaction. Returns (payload, status); a refusal is the error payload and its 4xx."""
+    try:
+        node, auth = verify_signed(
+            method=method, path=path, authorization=authorization, body=body, resolve=resolve
+        )
+        with write_transaction():
+            record_nonce(auth)
+            result = view(node)
+    except protocol.ProtocolError as error:
+        log_refusal(error, path=path, remote=remote)
+        return {"error": error.as_dict()}, error.status
+    return result if isinstance(result, tuple) else (result, 200)
+
+
 def signed_endpoint(resolve: NodeResolver, *, methods: tuple[str, ...] = ("POST",)):
     """Decorate a view `(request, node) -> dict | (dict, status)` as a signed JSON endpoint."""
 
@@ -160,24 +213,22 @@ def signed_endpoint(resolve: NodeResolver, *, methods: tuple[str, ...] = ("POST"
                     "method_not_allowed", f"use {' or '.join(methods)}", 405
                 )
                 return error_response(error)
+            remote = request.META.get("REMOTE_ADDR")
             try:
                 body = read_body(request)
-                node, auth = verify_signed_request(request, body, resolve)
-                request.signed_body = body
-                with write_transaction():
-                    record_nonce(auth)
-                    result = view(request, node, *args, **kwargs)
             except protocol.ProtocolError as error:
-                logger.warning(
-                    "signed request refused",
-                    extra={
-                        "code": error.code,
-                        "path": request.path,
-                        "remote": request.META.get("REMOTE_ADDR"),
-                    },
-                )
+                log_refusal(error, path=request.path, remote=remote)
                 return error_response(error)
-            payload, status = result if isinstance(result, tuple) else (result, 200)
+            request.signed_body = body
+            payload, status = run_signed(
+                method=request.method,
+                path=request.get_full_path(),
+                authorization=request.headers.get("Authorization"),
+                body=body,
+                remote=remote,
+                resolve=resolve,
+                view=lambda node: view(request, node, *args, **kwargs),
+            )
             return JsonResponse(payload, status=status, json_dumps_params={"ensure_ascii": False})
 
         return wrapper
