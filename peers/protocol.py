@@ -42,6 +42,8 @@ ENVELOPE_KINDS = frozenset({"message", "read"})
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _USERNAME = re.compile(r"[A-Za-z0-9_.+-]{1,150}")
 _NONCE = re.compile(r"[0-9a-f]{32}")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_LABEL_CHARS = 150
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")  # Unix seconds, ASCII digits only
 _AUTH_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
@@ -148,6 +150,16 @@ def validate_node_name(name: object) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise _fail("invalid_field", "node name must be 1-63 of a-z 0-9 _ . - (lower case)")
     return name
+
+
+def validate_label(value: object, *, field: str, max_chars: int = MAX_LABEL_CHARS) -> str:
+    """A one-line text shown to people (a full name, a position): any Unicode text up to
+    max_chars, but no control characters (NUL breaks PostgreSQL; newlines break lines)."""
+    if not isinstance(value, str) or len(value) > max_chars:
+        raise _fail("invalid_field", f"{field} must be a string of at most {max_chars} characters")
+    if CONTROL_CHARS.search(value):
+        raise _fail("invalid_field", f"{field} must not contain control characters")
+    return value
 
 
 def validate_username(name: object) -> str:
@@ -302,8 +314,8 @@ def verify_user_record(
         node_url=require(obj, "node_url", str),
         sign_key=b64d(require(obj, "sign_key", str), field="sign_key", length=32),
         box_key=b64d(require(obj, "box_key", str), field="box_key", length=32),
-        full_name=require(obj, "full_name", str),
-        position=require(obj, "position", str),
+        full_name=validate_label(require(obj, "full_name", str), field="full_name"),
+        position=validate_label(require(obj, "position", str), field="position"),
         issued=require(obj, "issued", int),
         expires=require(obj, "expires", int),
     )

@@ -101,7 +101,7 @@ def join_network(*, login_server_url: str, token: str, name: str, url: str) -> J
         login_server_url=login_server_url,
         login_server_key=server_key,
     )
-    DirectorySync.objects.update_or_create(pk=1, defaults={"etag": ""})
+    DirectorySync.objects.update_or_create(pk=1, defaults={"etag": "", "generated": 0})
     logger.info("joined the network", extra={"node": name, "login_server": login_server_url})
     return JoinResult(identity, fingerprint, protocol.fingerprint(bytes(key.verify_key)))
 
@@ -248,6 +248,11 @@ def _drop_pending_key(key: SigningKey) -> None:
 
 
 # --- presence reports --------------------------------------------------------------------
+def _label(text: str) -> str:
+    """A profile text as the protocol carries it: one line, no control characters."""
+    return protocol.CONTROL_CHARS.sub(" ", text)[: protocol.MAX_LABEL_CHARS]
+
+
 def build_report(*, exclude_session_hash: str | None = None) -> bytes:
     """This node's complete user list with keys and presence, as the report body."""
     identity = local_node()
@@ -259,14 +264,20 @@ def build_report(*, exclude_session_hash: str | None = None) -> bytes:
     presence = local_presence(users, exclude_session_hash=exclude_session_hash)
     entries = []
     for user in users:
+        try:
+            protocol.validate_username(user.username)
+        except protocol.ProtocolError:
+            # One bad name must not make the login server refuse everyone's report.
+            logger.error("user left out of the report: invalid username", extra={"user": user.pk})
+            continue
         profile = getattr(user, "profile", None)
         entries.append(
             {
                 "username": user.username,
                 "sign_key": protocol.b64e(bytes(user.keys.sign_public)),
                 "box_key": protocol.b64e(bytes(user.keys.box_public)),
-                "full_name": (profile.full_name if profile else "")[:150],
-                "position": (profile.position if profile else "")[:150],
+                "full_name": _label(profile.full_name if profile else ""),
+                "position": _label(profile.position if profile else ""),
                 "status": presence[user.pk].status,
                 "last_seen": presence[user.pk].last_seen,
             }
@@ -372,11 +383,20 @@ def apply_directory(*, body: bytes, signature: bytes) -> ApplyResult:
     pinned = bytes(identity.login_server_key)
     protocol.verify_directory(pinned, body, signature)
     obj = protocol.parse_json_object(body, what="directory")
+    generated = protocol.require(obj, "generated", int)
     nodes = _parse_nodes(protocol.require(obj, "nodes", list))
     result = ApplyResult(nodes=len(nodes))
     verified = list(_verify_users(protocol.require(obj, "users", list), nodes, pinned, result))
     now = timezone.now()
     with transaction.atomic():
+        # A replayed older answer (signed, but from before a revocation or key change)
+        # must not roll the cache back.
+        newest = DirectorySync.objects.filter(pk=1).values_list("generated", flat=True).first()
+        if newest is not None and generated < newest:
+            raise protocol.ProtocolError(
+                "stale_directory", "the directory is older than the one already applied"
+            )
+        DirectorySync.objects.update_or_create(pk=1, defaults={"generated": generated})
         existing_nodes = {n.name: n for n in PeerNode.objects.all()}
         for name, data in nodes.items():
             node = existing_nodes.get(name)
@@ -521,7 +541,7 @@ def fetch_directory() -> str:
         raise
     sync.last_attempt_at = sync.last_success_at = now
     sync.last_error = ""
-    sync.save()
+    sync.save(update_fields=["etag", "last_attempt_at", "last_success_at", "last_error"])
     return outcome
 
 

@@ -173,6 +173,37 @@ def test_a_revoked_node_and_its_users_leave_the_cache():
     assert refused.value.code == "node_revoked"
 
 
+def test_a_replayed_older_directory_cannot_bring_a_revoked_node_back(monkeypatch):
+    join_as("hq")
+    branch = enrol("branch")
+    report(branch, person("carol"))
+    before_revocation = directory_answer()
+    sync()
+    ls.revoke_node(name="branch")
+    later = timezone.now() + timedelta(seconds=5)
+    monkeypatch.setattr(ls_directory.timezone, "now", lambda: later)
+    sync()
+
+    with pytest.raises(protocol.ProtocolError) as refused:
+        services.apply_directory(body=before_revocation[0], signature=before_revocation[1])
+
+    assert refused.value.code == "stale_directory"
+    assert not PeerNode.objects.get(name="branch").active
+    with pytest.raises(directory.UnknownUser):
+        directory.lookup("carol")
+
+
+def test_a_directory_record_with_a_control_character_keeps_the_old_copy():
+    join_as("hq")
+    branch = enrol("branch")
+    report(branch, person("carol", full_name="Carol"))
+    sync()
+    report(branch, person("carol", full_name="Car\x00ol"))
+    result = sync()
+    assert result.rejected == ["0"]
+    assert directory.lookup("carol").full_name == "Carol"
+
+
 def test_a_node_that_stops_reporting_shows_its_users_offline():
     join_as("hq")
     branch = enrol("branch")
@@ -272,6 +303,23 @@ def test_a_node_reports_what_the_login_server_accepts(client):
     parsed = ls.parse_report(services.build_report())
     ls.accept_report(node=hq, report=parsed)
     assert ls_directory.snapshot().body.count(b'"record"') == 1
+
+
+def test_one_unreportable_person_does_not_cost_everyone_their_report():
+    """A name the protocol refuses (made before names were checked) is left out; a profile
+    text with control characters goes as one clean line."""
+    hq = join_as("hq")
+    alice, _ = make_person("alice")
+    alice.profile.full_name = "Alice\nSmith\x00"
+    alice.profile.save()
+    anne, _ = make_person("anne")
+    User.objects.filter(pk=anne.pk).update(username="anne@hq")
+
+    parsed = ls.parse_report(services.build_report())
+    ls.accept_report(node=hq, report=parsed)
+
+    assert [u.username for u in parsed.users] == ["alice"]
+    assert parsed.users[0].full_name == "Alice Smith "
 
 
 # --- pages -----------------------------------------------------------------------------
