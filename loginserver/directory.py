@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from peers import protocol
 
-from .models import DirectoryVersion, Node, UserRecord
+from .models import Node, UserRecord
 from .services import server_signing_key
 
 
@@ -37,7 +38,12 @@ def _ts(moment: datetime | None) -> int | None:
 
 
 def current_version() -> str:
-    return DirectoryVersion.objects.filter(pk=1).values_list("token", flat=True).first() or ""
+    # Plain SQL: every directory request asks, and the ORM's statement building cost
+    # more than this primary-key read.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT token FROM loginserver_directoryversion WHERE id = 1")
+        row = cursor.fetchone()
+    return row[0] if row else ""
 
 
 def build(version: str, now: datetime) -> Snapshot:
