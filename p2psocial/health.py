@@ -1,5 +1,6 @@
 """GET /health: the figures monitoring needs, as JSON; 200 when healthy, 503 otherwise."""
 
+import hmac
 import logging
 import time
 
@@ -50,10 +51,21 @@ def collect() -> dict:
     return checks
 
 
+def _may_see_figures(request: HttpRequest) -> bool:
+    """Queue depths and message ages tell outsiders when the office is busy: only a
+    caller with the configured monitoring token sees them."""
+    token = settings.HEALTH_TOKEN
+    offered = request.headers.get("Authorization", "")
+    return bool(token) and hmac.compare_digest(offered.encode(), f"Bearer {token}".encode())
+
+
 @require_GET
 def health(request: HttpRequest) -> JsonResponse:
     checks = collect()
-    return JsonResponse(checks, status=200 if checks["status"] == "ok" else 503)
+    status = 200 if checks["status"] == "ok" else 503
+    if not _may_see_figures(request):
+        checks = {"status": checks["status"], "role": checks["role"]}
+    return JsonResponse(checks, status=status)
 
 
 @require_GET

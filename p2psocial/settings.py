@@ -214,6 +214,9 @@ SESSION_IDLE_TIMEOUT_S = env_int("P2P_SESSION_IDLE_TIMEOUT_S", 3600)
 UNVERIFIED_SESSION_S = env_int("P2P_UNVERIFIED_SESSION_S", 300)
 ACTIVITY_WRITE_INTERVAL_S = env_float("P2P_ACTIVITY_WRITE_INTERVAL_S", 30.0)
 HEARTBEAT_INTERVAL_S = env_float("P2P_HEARTBEAT_INTERVAL_S", 10.0)
+# Monitoring sends "Authorization: Bearer <token>" to see /health's figures; without it
+# (or when unset) /health shows only whether the server is healthy.
+HEALTH_TOKEN = env("P2P_HEALTH_TOKEN", "") or ""
 NONCE_PRUNE_INTERVAL_S = env_float("P2P_NONCE_PRUNE_INTERVAL_S", 300.0)
 
 # --- security -----------------------------------------------------------------------
