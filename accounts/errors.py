@@ -15,6 +15,13 @@ class AccountsError(Exception):
         super().__init__(self.message)
 
 
+class UsernameRejected(AccountsError):
+    """A new person's name is one the network protocol refuses."""
+
+    code = "invalid_username"
+    message = "This username cannot be used on the network."
+
+
 class PictureRejected(AccountsError):
     code = "picture_rejected"
     message = "That file is not a picture we accept (JPEG, PNG, GIF or WebP)."

@@ -4,10 +4,23 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 
+from .validators import USERNAME_HELP, validate_username
+
 
 class User(AbstractUser):
     """A person on this office node."""
 
+    # Only names the protocol accepts: one refused name makes the login server refuse the
+    # node's whole report (Django's default also allows '@' and non-ASCII letters).
+    username_validator = validate_username
+    username = models.CharField(
+        "username",
+        max_length=150,
+        unique=True,
+        help_text=USERNAME_HELP,
+        validators=[validate_username],
+        error_messages={"unique": "A user with that username already exists."},
+    )
     last_activity = models.DateTimeField(null=True, blank=True)
 
 

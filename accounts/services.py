@@ -9,15 +9,18 @@ from typing import IO
 from django.conf import settings
 from django.contrib.auth import update_session_auth_hash
 from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.http import HttpRequest
 
 from . import sessions
+from .errors import UsernameRejected
 from .keys import create_keys
 from .models import Profile, User, UserKeys
 from .pictures import normalise_picture
+from .validators import validate_username
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,16 @@ def create_person(
     is_staff: bool = False,
     validate: bool = True,
 ) -> User:
-    """Create an account with its profile and keys, in one transaction."""
+    """Create an account with its profile and keys, in one transaction.
+
+    Raises UsernameRejected for a name the network refuses (whatever `validate` says: such a
+    name would stop the whole node's presence report) and, with `validate`, ValidationError
+    for a weak password.
+    """
+    try:
+        validate_username(username)
+    except ValidationError as exc:
+        raise UsernameRejected(" ".join(exc.messages)) from None
     user = User(username=username, is_staff=is_staff)
     if validate:
         validate_password(password, user)

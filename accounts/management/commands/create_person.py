@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from accounts import services, twofactor
-from accounts.errors import CodeRejected, PictureRejected
+from accounts.errors import CodeRejected, PictureRejected, UsernameRejected
 from accounts.models import User
 from peers.protocol import fingerprint
 
@@ -70,6 +70,8 @@ class Command(BaseCommand):
                     twofactor.add_totp_device(user=user, secret_b32=options["totp_secret"])
                 if options["picture"] or options["location"] or options["description"]:
                     self._set_profile(user, options)
+        except UsernameRejected as exc:
+            raise CommandError(f"username {username!r} refused: {exc.message}") from exc
         except OSError as exc:
             raise CommandError(f"cannot read the picture: {exc.strerror}") from exc
         except PictureRejected as exc:
