@@ -109,7 +109,7 @@ def verify_view(request: HttpRequest) -> HttpResponse:
                 form.add_error("code", exc.message)
             else:
                 otp_login(request, device)
-                sessions.restore_idle_timeout(request=request)
+                sessions.start_verified_session(request=request)
                 second_factor_verified.send(sender=None, request=request, user=request.user)
                 if device.__class__.__name__ == "StaticDevice":
                     left = len(twofactor.backup_codes(request.user))
@@ -143,7 +143,7 @@ def enrol_view(request: HttpRequest) -> HttpResponse:
                 form.add_error("code", exc.message)
             else:
                 otp_login(request, device)
-                sessions.restore_idle_timeout(request=request)
+                sessions.start_verified_session(request=request)
                 twofactor.create_backup_codes(user=request.user)
                 request.session[_SHOW_CODES_KEY] = True
                 second_factor_verified.send(sender=None, request=request, user=request.user)

@@ -1,4 +1,4 @@
-"""Local presence: each person's status from live sessions and recent activity."""
+"""Local presence: each person's status from verified live sessions and recent activity."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
+from django.contrib.auth import SESSION_KEY
 from django.contrib.sessions.models import Session
 from django.utils import timezone
+from django_otp import DEVICE_ID_SESSION_KEY
 
 from accounts.models import User, UserSession
 
@@ -36,14 +38,33 @@ def status_for(*, has_session: bool, last_active: datetime | None, now: datetime
     return "offline"
 
 
-def users_with_live_sessions(*, now: datetime, exclude_session_hash: str | None = None) -> set[int]:
-    live = Session.objects.filter(expire_date__gt=now).values("session_key")
-    pairs = UserSession.objects.filter(session_key__in=live).values_list("user_id", "session_key")
-    return {
-        user_id
-        for user_id, key in pairs
-        if exclude_session_hash is None or session_hash(key) != exclude_session_hash
-    }
+def users_with_verified_sessions(
+    *, now: datetime, exclude_session_hash: str | None = None
+) -> set[int]:
+    """People with an unexpired session that passed the second factor.
+
+    A session is recorded (UserSession) at the password step, so that ending sessions finds
+    it too; only the second factor's mark in its stored data makes it count here.
+    """
+    live = [
+        session
+        for session in Session.objects.filter(
+            expire_date__gt=now, session_key__in=UserSession.objects.values("session_key")
+        )
+        if exclude_session_hash is None or session_hash(session.session_key) != exclude_session_hash
+    ]
+    owners = dict(
+        UserSession.objects.filter(session_key__in=[s.session_key for s in live]).values_list(
+            "session_key", "user_id"
+        )
+    )
+    verified: set[int] = set()
+    for session in live:
+        data = session.get_decoded()  # {} for data that does not verify
+        user_id = owners.get(session.session_key)
+        if DEVICE_ID_SESSION_KEY in data and str(data.get(SESSION_KEY)) == str(user_id):
+            verified.add(user_id)
+    return verified
 
 
 def local_presence(
@@ -51,11 +72,11 @@ def local_presence(
 ) -> dict[int, LocalPresence]:
     """The presence of each given user; exclude_session_hash ignores a session being ended."""
     now = now or timezone.now()
-    live = users_with_live_sessions(now=now, exclude_session_hash=exclude_session_hash)
+    live = users_with_verified_sessions(now=now, exclude_session_hash=exclude_session_hash)
     result: dict[int, LocalPresence] = {}
     for user in users:
-        moments = [m for m in (user.last_activity, user.last_login) if m is not None]
-        last_active = max(moments) if moments else None
+        # Not last_login: it is set at the password step, before the second factor.
+        last_active = user.last_activity
         result[user.pk] = LocalPresence(
             status=status_for(has_session=user.pk in live, last_active=last_active, now=now),
             last_seen=int(last_active.timestamp()) if last_active else None,
