@@ -12,8 +12,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import PictureRejected
 
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP"})
-# A bound on decoded pixels, well above any real camera picture; stops decompression bombs.
-MAX_SOURCE_PIXELS = 64_000_000
+# The most pixels decoded from any picture (a 5000x5000 photo), so one upload cannot take
+# hundreds of MB. JPEGs (phone photos, 12-48 MP) are decoded reduced (1/2, 1/4 or 1/8) first
+# and only their reduced size counts; Pillow's own bound (Image.MAX_IMAGE_PIXELS, about
+# 89 MP in the file's header) still applies before that.
+MAX_SOURCE_PIXELS = 25_000_000
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,15 @@ class Picture:
     content_type: str
     width: int
     height: int
+
+
+def _too_many_pixels() -> PictureRejected:
+    side = int(MAX_SOURCE_PIXELS**0.5)
+    return PictureRejected(
+        f"The picture has too many pixels (at most {MAX_SOURCE_PIXELS // 1_000_000} million, "
+        f"such as {side}x{side}). Save it smaller and try again.",
+        code="picture_too_many_pixels",
+    )
 
 
 def normalise_picture(stream: IO[bytes], *, max_bytes: int, max_px: int) -> Picture:
@@ -42,19 +54,20 @@ def normalise_picture(stream: IO[bytes], *, max_bytes: int, max_px: int) -> Pict
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(raw), formats=sorted(ACCEPTED_FORMATS))
+            if image.format == "JPEG":
+                # libjpeg scales while decoding, to no less than max_px on each side
+                image.draft(None, (max_px, max_px))
             if image.width * image.height > MAX_SOURCE_PIXELS:
-                raise PictureRejected(
-                    "The picture has too many pixels.", code="picture_too_many_pixels"
-                )
+                raise _too_many_pixels()
             image.seek(0)  # first frame of an animation
             image.load()
             image = ImageOps.exif_transpose(image)
     except PictureRejected:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_many_pixels() from exc
     except (
         UnidentifiedImageError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
         OSError,
         SyntaxError,
         ValueError,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
 import time
+import zlib
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -158,3 +160,65 @@ def test_replacing_the_picture_removes_the_old_file(
 def test_the_profile_page_shows_when_it_was_last_updated(alice_client):
     alice_client.post("/profile/", UNICODE_VALUES)
     assert "last updated" in alice_client.get("/profile/").content.decode()
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height: enough for the size check, which reads the header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    ("width", "height"),
+    [
+        (6000, 5000),  # a tiny file (1 bit per pixel), but 30 million pixels decoded
+        (10_000, 10_000),  # past Pillow's own bound too
+    ],
+)
+def test_a_picture_with_too_many_pixels_is_refused_with_a_message(alice_client, width, height):
+    data = (
+        _png_bytes(Image.new("1", (width, height)))
+        if width * height < 50_000_000
+        else _png_header_only(width, height)
+    )
+    upload = SimpleUploadedFile("poster.png", data, "image/png")
+    response = alice_client.post("/profile/", {**UNICODE_VALUES, "picture": upload})
+    assert response.status_code == 400
+    assert "The picture has too many pixels (at most 25 million" in response.content.decode()
+    assert not Profile.objects.get(user__username="alice").picture
+
+
+def test_a_5000_by_5000_picture_is_accepted(alice_client, settings):
+    upload = SimpleUploadedFile("scan.png", _png_bytes(Image.new("1", (5000, 5000))), "image/png")
+    response = alice_client.post("/profile/", {**UNICODE_VALUES, "picture": upload})
+    assert response.status_code == 302
+    stored = Image.open(Profile.objects.get(user__username="alice").picture)
+    assert stored.size == (settings.PROFILE_PICTURE_MAX_PX, settings.PROFILE_PICTURE_MAX_PX)
+
+
+def test_a_48_megapixel_phone_photo_is_accepted(alice_client, settings):
+    photo = io.BytesIO()
+    Image.new("RGB", (8000, 6000), (200, 30, 30)).save(photo, format="JPEG")
+    upload = SimpleUploadedFile("IMG_0001.jpg", photo.getvalue(), "image/jpeg")
+    response = alice_client.post("/profile/", {**UNICODE_VALUES, "picture": upload})
+    assert response.status_code == 302
+    stored = Image.open(Profile.objects.get(user__username="alice").picture)
+    side = settings.PROFILE_PICTURE_MAX_PX
+    assert stored.size == (side, side * 3 // 4)
+    assert stored.getpixel((side // 2, side // 4))[0] > 150  # still the photo's red
