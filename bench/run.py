@@ -32,6 +32,8 @@ from p2psocial.devnet import BASE_DIR, PYTHON, Network, wait_until
 PASSWORD = "bench-password-Xq9!"
 RESULTS = BASE_DIR / "bench" / "results"
 PARTS = ("messages", "pages", "loginserver")
+# One uvicorn process per core, as docs/operations.md advises for the login server.
+LOGIN_SERVER_WEB_WORKERS = 2
 BENCH_SETTINGS = {
     "P2P_LOG_LEVEL": "WARNING",
     "P2P_DIRECTORY_FETCH_INTERVAL_S": "2",
@@ -365,7 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     root = Path(tempfile.mkdtemp(prefix="p2psocial-bench-"))
     print(f"bench: network in {root}", flush=True)
-    with Network(root, nodes=("hq", "branch"), settings=BENCH_SETTINGS) as net:
+    with Network(
+        root,
+        nodes=("hq", "branch"),
+        settings=BENCH_SETTINGS,
+        login_server_web_workers=LOGIN_SERVER_WEB_WORKERS,
+    ) as net:
         hq, branch = net.node("hq"), net.node("branch")
         secrets_by_user = {}
         for i in range(1, 5):
@@ -504,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
                 "reports/s",
                 target=">=1000",
                 **load["parameters"],
+                login_server_web_workers=LOGIN_SERVER_WEB_WORKERS,
             )
             figures.add(
                 "login server: unchanged directory answered 304 p50",

@@ -172,6 +172,7 @@ class Server:
     database_url: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
     worker_concurrency: int = 4
+    web_workers: int = 1  # uvicorn processes (--workers); more than one shares the port
     processes: dict[str, Process] = field(default_factory=dict)
 
     @property
@@ -237,6 +238,7 @@ class Server:
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--no-access-log", "--lifespan", "off", "--timeout-keep-alive", "30",
                 "--loop", "uvloop", "--http", "httptools",
+                *(["--workers", str(self.web_workers)] if self.web_workers > 1 else []),
             ],
         )  # fmt: skip
         proc.start()
@@ -332,6 +334,7 @@ class Network:
         redis_url: str | None = None,  # an external Redis, "redis://host:port" without a db
         start_workers: bool = True,
         ports: Mapping[str, int] | None = None,
+        login_server_web_workers: int = 1,
     ):
         self.root = Path(root).resolve()
         self.node_names = nodes
@@ -341,6 +344,7 @@ class Network:
         self.external_redis = redis_url
         self.start_workers = start_workers
         self.ports = dict(ports or {})
+        self.login_server_web_workers = login_server_web_workers
         self.redis: Process | None = None
         self.redis_port = self.ports.get("redis") or free_port()
         self.login_server: Server | None = None
@@ -369,6 +373,7 @@ class Network:
         if not self.external_redis:
             self.start_redis()
         self.login_server = self._server("loginserver", "login", index=0)
+        self.login_server.web_workers = self.login_server_web_workers
         self.login_server.manage("migrate", "--noinput")
         self.login_server.start_web()
         for index, name in enumerate(self.node_names, start=1):
