@@ -1,5 +1,7 @@
 from django.urls import path
 
+from p2psocial import converters  # noqa: F401  (registers <username:...>)
+
 from . import views
 
 app_name = "accounts"
@@ -11,5 +13,5 @@ urlpatterns = [
     path("logout/", views.logout_view, name="logout"),
     path("profile/", views.profile_edit_view, name="profile_edit"),
     path("password/", views.password_change_view, name="password_change"),
-    path("people/<str:username>/picture", views.picture_view, name="picture"),
+    path("people/<username:username>/picture", views.picture_view, name="picture"),
 ]
