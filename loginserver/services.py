@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from functools import lru_cache
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -264,6 +265,9 @@ def parse_report(body: bytes) -> Report:
         )
     users: list[ReportedUser] = []
     seen: set[str] = set()
+    # Never in the future (beyond the allowed clock skew): every node turns last_seen into
+    # a date, and a year-33658 value must not reach the directory they all apply.
+    latest = int(time.time()) + settings.REQUEST_MAX_SKEW_S
     for entry in entries:
         if not isinstance(entry, dict):
             raise ProtocolError("invalid_field", "each user must be an object")
@@ -275,9 +279,6 @@ def parse_report(body: bytes) -> Report:
         if status not in STATUSES:
             raise ProtocolError("invalid_field", "status must be online, away or offline")
         last_seen = entry.get("last_seen")
-        # Never in the future (beyond the allowed clock skew): every node turns this into
-        # a date, and a year-33658 value must not reach the directory they all apply.
-        latest = int(time.time()) + settings.REQUEST_MAX_SKEW_S
         if last_seen is not None and (
             isinstance(last_seen, bool)
             or not isinstance(last_seen, int)
@@ -327,7 +328,25 @@ _NODE_REPORTED_SQL = (
 )
 
 
-def _current_records(names: list[str], node_id: int) -> list[UserRecord]:
+class _Stored(NamedTuple):
+    """A stored record as a report compares it (a model instance only when re-signed)."""
+
+    id: int
+    username: str
+    node_id: int
+    sign_key: bytes
+    box_key: bytes
+    full_name: str
+    position: str
+    expires: int
+    status: str
+    last_seen: int | None
+
+    def as_model(self) -> UserRecord:
+        return UserRecord.from_db(connection.alias, _RECORD_FIELDS, self)
+
+
+def _current_records(names: list[str], node_id: int) -> list[_Stored]:
     """One read: the reported names (whoever owns them) and this node's current users.
 
     Plain SQL, as in _store_presence: this read runs on every report, and the ORM's
@@ -341,7 +360,7 @@ def _current_records(names: list[str], node_id: int) -> list[UserRecord]:
     with connection.cursor() as cursor:
         cursor.execute(sql, [*names, node_id])
         rows = cursor.fetchall()
-    return [UserRecord.from_db(connection.alias, _RECORD_FIELDS, row) for row in rows]
+    return [_Stored._make(row) for row in rows]
 
 
 _PRESENCE_SQL = (
@@ -349,12 +368,13 @@ _PRESENCE_SQL = (
 )
 
 
-def _store_presence(rows: list[UserRecord], now: datetime) -> None:
-    """One statement run per changed row: presence changes on almost every report, and
-    bulk_update's per-row CASE expressions cost more to build than the writes."""
+def _store_presence(changes: list[tuple[str, int | None, int]], now: datetime) -> None:
+    """(status, last_seen, pk) of each changed row, one statement run per row: presence
+    changes on almost every report, and bulk_update's per-row CASE expressions cost more
+    to build than the writes."""
     updated_at = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
-        cursor.executemany(_PRESENCE_SQL, [(r.status, r.last_seen, updated_at, r.pk) for r in rows])
+        cursor.executemany(_PRESENCE_SQL, [(s, seen, updated_at, pk) for s, seen, pk in changes])
 
 
 def _node_is_online(node: Node, now: datetime) -> bool:
@@ -410,10 +430,10 @@ def accept_report(*, node: Node, report: Report) -> ReportResult:
         key: SigningKey | None = None
         created: list[UserRecord] = []
         resigned: list[UserRecord] = []
-        presence: list[UserRecord] = []
+        presence: list[tuple[str, int | None, int]] = []
         for user in report.users:
-            row = existing.get(user.username)
-            if row is None:
+            stored = existing.get(user.username)
+            if stored is None:
                 row = UserRecord(
                     username=user.username,
                     node=node,
@@ -429,8 +449,14 @@ def accept_report(*, node: Node, report: Report) -> ReportResult:
                 created.append(row)
                 continue
             identity = (user.sign_key, user.box_key, user.full_name, user.position)
-            current = (bytes(row.sign_key), bytes(row.box_key), row.full_name, row.position)
-            if identity != current or url_changed or row.expires < renew_before:
+            current = (
+                bytes(stored.sign_key),
+                bytes(stored.box_key),
+                stored.full_name,
+                stored.position,
+            )
+            if identity != current or url_changed or stored.expires < renew_before:
+                row = stored.as_model()
                 row.sign_key, row.box_key, row.full_name, row.position = identity
                 key = key or server_signing_key()
                 _sign_record(row, node, key, now_s)
@@ -438,12 +464,10 @@ def accept_report(*, node: Node, report: Report) -> ReportResult:
                 resigned.append(row)
             # An online user's last_seen moves with every report; it is shown as "now"
             # anyway, so it is only stored when the status changes or the user is idle.
-            if row.status != user.status or (
-                user.status != "online" and row.last_seen != user.last_seen
+            if stored.status != user.status or (
+                user.status != "online" and stored.last_seen != user.last_seen
             ):
-                row.status, row.last_seen = user.status, user.last_seen
-                row.updated_at = now
-                presence.append(row)
+                presence.append((user.status, user.last_seen, stored.id))
 
         if created:
             try:
@@ -473,7 +497,7 @@ def accept_report(*, node: Node, report: Report) -> ReportResult:
             _store_presence(presence, now)
         reported = set(names)
         gone = [
-            r.pk for r in existing.values() if r.node_id == node.pk and r.username not in reported
+            r.id for r in existing.values() if r.node_id == node.pk and r.username not in reported
         ]
         removed = UserRecord.objects.filter(pk__in=gone).delete()[0] if gone else 0
         if created or resigned or presence or removed or visible_change:
