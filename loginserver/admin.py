@@ -1,5 +1,6 @@
 """Login server admin (2FA-protected admin_site): nodes, user records, enrolment tokens."""
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 
@@ -61,9 +62,29 @@ class UserRecordAdmin(admin.ModelAdmin):
         return False
 
 
+class EnrolmentTokenForm(forms.ModelForm):
+    class Meta:
+        model = EnrolmentToken
+        fields = ("node_name",)
+
+    def clean_node_name(self) -> str:
+        name = self.cleaned_data["node_name"]
+        try:
+            protocol.validate_node_name(name)
+        except protocol.ProtocolError:
+            raise forms.ValidationError(
+                "A node name is 1-63 of a-z 0-9 _ . - (lower case), starting with a letter "
+                "or digit, for example 'branch' or 'paris-office'."
+            ) from None
+        if Node.objects.filter(name=name, active=True).exists():
+            raise forms.ValidationError(f"The node {name!r} is enrolled and active.")
+        return name
+
+
 class EnrolmentTokenAdmin(admin.ModelAdmin):
     """Adding a token shows it once; only its hash is stored."""
 
+    form = EnrolmentTokenForm
     list_display = ("node_name", "created_at", "expires_at", "used_at", "used_by")
     fields = ("node_name",)
 

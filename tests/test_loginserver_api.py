@@ -6,7 +6,7 @@ from datetime import timedelta
 from io import StringIO
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 from nacl.signing import SigningKey
 
@@ -152,11 +152,53 @@ def test_an_enrolment_without_proof_of_the_key_is_refused(client):
 
 
 def test_a_second_node_with_a_taken_name_is_refused(client):
-    make_node(client, "hq")
-    _, token = services.create_enrolment_token(node_name="hq")
-    response = post_enrol(client, enrol_body(SigningKey.generate(), token, "hq"))
+    _, first = services.create_enrolment_token(node_name="hq")
+    _, second = services.create_enrolment_token(node_name="hq")
+    assert post_enrol(client, enrol_body(SigningKey.generate(), first, "hq")).status_code == 201
+    response = post_enrol(client, enrol_body(SigningKey.generate(), second, "hq"))
     assert response.status_code == 409
     assert error_code(response) == "node_exists"
+    assert EnrolmentToken.objects.filter(used_at__isnull=True).count() == 1
+
+
+def test_no_token_is_made_for_the_name_of_an_active_node(client):
+    make_node(client, "hq")
+    with pytest.raises(protocol.ProtocolError) as refused:
+        services.create_enrolment_token(node_name="hq")
+    assert refused.value.code == "node_exists"
+    out = StringIO()
+    with pytest.raises(CommandError, match="enrolled and active; revoke it first"):
+        call_command("create_enrolment_token", "hq", stdout=out)
+
+
+def test_a_revoked_office_can_join_again_under_its_name_with_a_new_key(client):
+    old_key = make_node(client, "hq")
+    assert report(client, old_key, "hq", [user_entry("alice")]).status_code == 200
+    services.revoke_node(name="hq")
+
+    new_key = make_node(client, "hq")
+
+    node = Node.objects.get(name="hq")
+    assert (node.active, node.revoked_at, bytes(node.sign_key)) == (
+        True,
+        None,
+        bytes(new_key.verify_key),
+    )
+    assert not UserRecord.objects.exists()  # back with the first report of the new server
+    refused = report(client, old_key, "hq", [user_entry("alice")])
+    assert (refused.status_code, error_code(refused)) == (401, "bad_signature")
+    assert report(client, new_key, "hq", [user_entry("alice")]).status_code == 200
+    assert UserRecord.objects.get().username == "alice"
+
+
+@pytest.mark.parametrize("name", ["Branch Office", "branch!", "", "-branch"])
+def test_the_admin_token_form_explains_a_bad_node_name(name):
+    from loginserver.admin import EnrolmentTokenForm
+
+    form = EnrolmentTokenForm(data={"node_name": name})
+    assert not form.is_valid()
+    assert form.errors["node_name"]
+    assert not EnrolmentToken.objects.exists()
 
 
 @pytest.mark.parametrize(
@@ -318,6 +360,8 @@ def test_a_revoked_node_is_refused(client):
         ([user_entry("alice", sign_key="short")], "invalid_field"),
         ([user_entry("alice", last_seen="yesterday")], "invalid_field"),
         ([user_entry("alice", full_name="x" * 151)], "invalid_field"),
+        ([user_entry("alice", full_name="M\x00")], "invalid_field"),  # PostgreSQL refuses NUL
+        ([user_entry("alice", position="CEO\nCFO")], "invalid_field"),
         ([user_entry("al ice")], "invalid_field"),
         ([user_entry("alice\n")], "invalid_field"),  # a look-alike of "alice"
         ([user_entry("alice", status="away", last_seen=10**12)], "invalid_field"),  # year 33658
