@@ -107,6 +107,10 @@ def validate_url(url: object, *, field: str = "url") -> str:
 def create_enrolment_token(*, node_name: str) -> tuple[EnrolmentToken, str]:
     """A one-time token for node_name; the plain token is returned once and never stored."""
     protocol.validate_node_name(node_name)
+    if Node.objects.filter(name=node_name, active=True).exists():
+        raise ProtocolError(
+            "node_exists", f"the node {node_name!r} is enrolled and active; revoke it first", 409
+        )
     # Hex, so a token can never start with '-' and be taken for an option on the command line.
     token = secrets.token_hex(32)
     row = EnrolmentToken.objects.create(
@@ -139,9 +143,20 @@ def enrol_node(*, token: str, name: str, url: str, sign_key: bytes, proof: bytes
                 "token_name_mismatch", "this enrolment token is for another node name", 403
             )
         protocol.verify_enrolment(sign_key, proof, token=token, name=name, url=url)
-        if Node.objects.filter(name=name).exists():
+        node = Node.objects.select_for_update().filter(name=name).first()
+        if node is None:
+            node = Node.objects.create(name=name, url=url, sign_key=sign_key)
+        elif node.active:
             raise ProtocolError("node_exists", "a node with this name is already enrolled", 409)
-        node = Node.objects.create(name=name, url=url, sign_key=sign_key)
+        else:
+            # A revoked office joins again (say, a reinstalled server): a new key and none
+            # of the old records; its people reappear with its first report.
+            UserRecord.objects.filter(node=node).delete()
+            node.url, node.sign_key, node.active = url, sign_key, True
+            node.revoked_at = node.last_report_at = None
+            node.enrolled_at = now
+            node.save()
+            logger.warning("revoked node enrolled again", extra={"node": name})
         claimed = EnrolmentToken.objects.filter(pk=row.pk, used_at__isnull=True).update(
             used_at=now, used_by=node
         )
@@ -246,10 +261,9 @@ class Report:
 
 
 def _text(obj: dict, field: str) -> str:
-    value = obj.get(field, "")
-    if not isinstance(value, str) or len(value) > MAX_TEXT_CHARS:
-        raise ProtocolError("invalid_field", f"{field} must be a string of at most 150 characters")
-    return value
+    """A profile text: optional, one line of at most 150 characters, no control characters
+    (every node stores it, and PostgreSQL refuses NUL)."""
+    return protocol.validate_label(obj.get(field, ""), field=field, max_chars=MAX_TEXT_CHARS)
 
 
 def parse_report(body: bytes) -> Report:

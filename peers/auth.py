@@ -169,9 +169,12 @@ def _writer_lock_file() -> int | None:
     if connection.is_in_memory_db():
         return None
     path = f"{connection.settings_dict['NAME']}.writer-lock"
-    fd = _writer_lock_files.get(path)
+    # Per process id: a forked child must open its own descriptor, since an flock held
+    # through an inherited one would be shared with the parent, not exclusive.
+    key = f"{os.getpid()}:{path}"
+    fd = _writer_lock_files.get(key)
     if fd is None:
-        fd = _writer_lock_files[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = _writer_lock_files[key] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     return fd
 
 
