@@ -48,6 +48,10 @@ MAX_BATCHES_PER_RUN = 200
 # one (the drain picks their rows up). The flag expires on its own if a worker dies.
 SCHEDULED_FLAG_TTL_S = 30
 BATCH_BODY_HEADROOM_BYTES = 4096
+# A node's delivery lock outlives one exchange with it (PEER_REQUEST_DEADLINE_S) by this
+# much: name resolution, which the deadline does not cover, and the database work around
+# the exchange. A lock that expired mid-request would let a second task start a second one.
+DELIVERY_LOCK_MARGIN_S = 15.0
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -619,9 +623,12 @@ def _node_lock(node: str) -> Iterator[Any]:
     """
     name = f"p2p:messaging:deliver-lock:{settings.CELERY_TASK_DEFAULT_QUEUE}:{node}"
     try:
-        # Renewed after every batch; short, so that a killed worker's lock stalls its
-        # node's queue for seconds, not minutes (an overlap only re-sends idempotently).
-        lock = redis_client.get().lock(name, timeout=settings.PEER_HTTP_TIMEOUT_S + 5)
+        # Renewed between batches, so every exchange starts with the full lifetime: it
+        # never expires while one of this worker's requests can still be running, and a
+        # killed worker's lock stalls its node's queue for well under a minute.
+        lock = redis_client.get().lock(
+            name, timeout=settings.PEER_REQUEST_DEADLINE_S + DELIVERY_LOCK_MARGIN_S
+        )
         acquired = lock.acquire(blocking=False)
     except redis.RedisError as exc:
         logger.warning("delivery lock unavailable", extra={"node": node, "error": str(exc)})
@@ -697,12 +704,19 @@ def _post_batch(node: str, rows: list[Outbox]) -> tuple[bytes, list, list]:
     )
     try:
         response = client.signed_post(
-            peer.url, INBOX_PATH, body, timeout=settings.PEER_HTTP_TIMEOUT_S
+            peer.url,
+            INBOX_PATH,
+            body,
+            timeout=settings.PEER_HTTP_TIMEOUT_S,
+            deadline_s=settings.PEER_REQUEST_DEADLINE_S,
+            max_answer_bytes=settings.PEER_MAX_BODY_BYTES,
         )
+    except client.AnswerTooLarge:
+        raise _Unreachable("answer too large") from None
+    except client.DeadlineExceeded:
+        raise _Unreachable("deadline exceeded") from None
     except requests.RequestException as exc:
         raise _Unreachable(f"network: {type(exc).__name__}") from None
-    if len(response.content) > settings.PEER_MAX_BODY_BYTES:
-        raise _Unreachable("answer too large")
     try:
         answer = response.json()
     except (ValueError, RecursionError):  # a hostile peer's deeply nested JSON included
@@ -847,10 +861,22 @@ def _drain(node: str, lock: Any, result: DeliveryResult) -> None:
         result.delivered += delivered
         result.failed += failed
         result.batches += 1
-        if lock:
-            with contextlib.suppress(redis.RedisError):
-                lock.reacquire()
+        if lock and not _renew(node, lock):
+            result.busy = True  # another worker has the node now: it drains the rest
+            return
     result.more = True
+
+
+def _renew(node: str, lock: Any) -> bool:
+    """Give the node's lock a full lifetime for the next exchange; False if it was lost."""
+    try:
+        lock.reacquire()
+    except redis.exceptions.LockNotOwnedError:
+        logger.warning("delivery lock lost", extra={"node": node})
+        return False
+    except redis.RedisError:
+        pass  # Redis went away: go on as without a lock
+    return True
 
 
 def deliver_pending(*, node: str) -> DeliveryResult:
@@ -866,6 +892,8 @@ def deliver_pending(*, node: str) -> DeliveryResult:
                 result.busy = True
                 return result
             _drain(node, lock, result)
+        if result.busy:
+            return result
         if result.retry_in_s is not None or result.more:
             return result  # this task runs again (or the sweeper does): keep the flag
         # Sends skipped their own task while the flag was set. Clear it, then look once

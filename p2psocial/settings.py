@@ -205,6 +205,9 @@ DELIVERY_BACKOFF_BASE_S = env_float("P2P_DELIVERY_BACKOFF_BASE_S", 1.0)
 DELIVERY_BACKOFF_MAX_S = env_float("P2P_DELIVERY_BACKOFF_MAX_S", 300.0)
 DELIVERY_BATCH_MAX_ENVELOPES = env_int("P2P_DELIVERY_BATCH_MAX_ENVELOPES", 200)
 PEER_HTTP_TIMEOUT_S = env_float("P2P_PEER_HTTP_TIMEOUT_S", 10.0)
+# The whole of one delivery request to a peer (connect, send the batch, read the answer):
+# PEER_HTTP_TIMEOUT_S bounds each socket operation only, so a trickling peer needs this.
+PEER_REQUEST_DEADLINE_S = env_float("P2P_PEER_REQUEST_DEADLINE_S", 30.0)
 PEER_MAX_BODY_BYTES = env_int("P2P_PEER_MAX_BODY_BYTES", 8 * 1024 * 1024)
 MESSAGE_MAX_CHARS = env_int("P2P_MESSAGE_MAX_CHARS", 10_000)
 PROFILE_PICTURE_MAX_BYTES = env_int("P2P_PROFILE_PICTURE_MAX_BYTES", 10 * 1024 * 1024)

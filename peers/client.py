@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -11,6 +16,8 @@ import requests
 from django.conf import settings
 from django.db.models.signals import post_delete, post_save
 from nacl.signing import SigningKey
+from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from p2psocial.logging import request_id_var
 
@@ -60,6 +67,207 @@ post_save.connect(_forget_identity, sender=NodeIdentity, dispatch_uid="peers.cli
 post_delete.connect(_forget_identity, sender=NodeIdentity, dispatch_uid="peers.client.identity")
 
 
+# --- a deadline for a whole exchange ------------------------------------------------------
+# requests' timeout bounds each socket operation, not the exchange: a peer that sends one
+# byte a second keeps a request open forever. For a request with a deadline, a watchdog
+# thread shuts the connection's socket down when the time is up, which ends whatever the
+# request is blocked on (connect, TLS, sending, the status line, headers or the body).
+ANSWER_CHUNK_BYTES = 64 * 1024
+
+
+class DeadlineExceeded(requests.Timeout):
+    """The exchange was not over by its deadline; its connection was cut."""
+
+
+class AnswerTooLarge(requests.RequestException):
+    """The answer is longer than the caller accepts; the rest was not read."""
+
+
+class _Exchange:
+    """One request with a deadline and the pooled connection it runs on."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.expired = False
+        self._connection = None
+        self.finished = False
+        self._lock = threading.Lock()
+
+    def attach(self, connection) -> None:
+        with self._lock:
+            self._connection = connection
+            if self.expired:
+                _cut(connection)
+
+    def detach(self, connection) -> bool:
+        """The connection goes back to its pool; True if it was cut and must be closed."""
+        with self._lock:
+            if self._connection is connection:
+                self._connection = None
+            return self.expired
+
+    def expire(self) -> None:
+        with self._lock:
+            if self.finished:
+                return
+            self.expired = True
+            if self._connection is not None:
+                _cut(self._connection)
+
+    def finish(self) -> bool:
+        """Stop watching; True if the deadline came first."""
+        with self._lock:
+            self.finished = True
+            self._connection = None
+            return self.expired
+
+
+def _cut(connection) -> None:
+    sock = connection.sock  # None while connecting: the connect timeout bounds that
+    if sock is not None:
+        # socket.socket's own shutdown, also for a TLS socket: it wakes a thread blocked
+        # on the socket at once, without touching the TLS state that thread is using.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """One daemon thread per process that expires exchanges at their deadline: watching
+    costs a heap push, not a thread or a timer per request."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._wake = threading.Condition()
+        self._queue: list[tuple[float, int, _Exchange]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._sleeping_until = float("inf")  # the watchdog's next wake-up
+
+    def watch(self, exchange: _Exchange) -> None:
+        with self._wake:
+            while self._queue and self._queue[0][2].finished:  # the oldest, mostly done
+                heapq.heappop(self._queue)
+            heapq.heappush(self._queue, (exchange.deadline, next(self._order), exchange))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="peer-request-deadlines", daemon=True
+                )
+                self._thread.start()
+            elif exchange.deadline < self._sleeping_until:  # rare: deadlines mostly grow
+                self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue or self._queue[0][0] > time.monotonic():
+                    if self._queue:
+                        self._sleeping_until = self._queue[0][0]
+                        self._wake.wait(self._sleeping_until - time.monotonic())
+                    else:
+                        self._sleeping_until = float("inf")
+                        self._wake.wait()
+                self._sleeping_until = float("-inf")  # awake: nobody needs to notify
+                exchange = heapq.heappop(self._queue)[2]
+            exchange.expire()
+
+
+_watchdog = _Watchdog()
+os.register_at_fork(after_in_child=_watchdog.reset)  # a child has the queue, not the thread
+_current = threading.local()  # the exchange this thread is running, if it has a deadline
+
+
+class _WatchedPoolMixin:
+    """Tells the current exchange which connection it runs on, and closes a connection
+    cut by the watchdog instead of pooling it."""
+
+    def _get_conn(self, timeout=None):
+        connection = super()._get_conn(timeout)
+        exchange = getattr(_current, "exchange", None)
+        if exchange is not None:
+            exchange.attach(connection)
+        return connection
+
+    def _put_conn(self, connection) -> None:
+        exchange = getattr(_current, "exchange", None)
+        if exchange is not None and connection is not None and exchange.detach(connection):
+            connection.close()
+        super()._put_conn(connection)
+
+
+class _WatchedHTTPPool(_WatchedPoolMixin, HTTPConnectionPool):
+    pass
+
+
+class _WatchedHTTPSPool(_WatchedPoolMixin, HTTPSConnectionPool):
+    pass
+
+
+class _WatchedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPPool,
+            "https": _WatchedHTTPSPool,
+        }
+
+
+def _read_at_most(response: requests.Response, limit: int) -> bytes:
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise AnswerTooLarge(f"answer of {declared} bytes declared", response=response)
+    chunks, size = [], 0
+    for chunk in response.iter_content(ANSWER_CHUNK_BYTES):
+        size += len(chunk)
+        if size > limit:
+            raise AnswerTooLarge(f"answer longer than {limit} bytes", response=response)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _post_within(
+    session: requests.Session,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    timeout: float,
+    deadline_s: float,
+    max_answer_bytes: int,
+) -> requests.Response:
+    exchange = _Exchange(time.monotonic() + deadline_s)
+    _watchdog.watch(exchange)
+    _current.exchange = exchange
+    try:
+        # No redirects: an inbox never redirects, and following one reads its body unbounded.
+        response = session.post(
+            url,
+            data=body,
+            headers=headers,
+            timeout=min(timeout, deadline_s),
+            stream=True,
+            allow_redirects=False,
+        )
+        try:
+            content = _read_at_most(response, max_answer_bytes)
+        except BaseException:
+            response.raw.close()  # closes the socket: an abandoned answer is never pooled
+            response.close()
+            raise
+    except requests.RequestException:
+        if exchange.finish():
+            raise DeadlineExceeded(f"no complete answer within {deadline_s} s") from None
+        raise
+    finally:
+        exchange.finish()
+        _current.exchange = None
+    if exchange.expired:  # an answer cut short can look complete (no Content-Length)
+        raise DeadlineExceeded(f"no complete answer within {deadline_s} s")
+    response._content = content  # what response.content and .json() read
+    return response
+
+
 def session_for(base_url: str) -> requests.Session:
     parts = urlsplit(base_url)
     host = f"{parts.scheme}://{parts.netloc}"
@@ -68,6 +276,8 @@ def session_for(base_url: str) -> requests.Session:
         if session is None:
             session = requests.Session()
             session.trust_env = False  # never route peer traffic through an env proxy
+            session.mount("http://", _WatchedAdapter())
+            session.mount("https://", _WatchedAdapter())
             _sessions[host] = session
         return session
 
@@ -92,15 +302,36 @@ def _headers(
 
 
 def signed_post(
-    base_url: str, path: str, body: bytes, *, timeout: float | None = None
+    base_url: str,
+    path: str,
+    body: bytes,
+    *,
+    timeout: float | None = None,
+    deadline_s: float | None = None,
+    max_answer_bytes: int | None = None,
 ) -> requests.Response:
-    """POST body to base_url + path, signed with this node's key."""
+    """POST body to base_url + path, signed with this node's key.
+
+    With deadline_s, the whole exchange ends within it (DeadlineExceeded) and the answer,
+    read before returning, may be at most max_answer_bytes long (AnswerTooLarge); the
+    connection of an exchange cut short is closed, not reused.
+    """
     url = base_url.rstrip("/") + path
-    return session_for(base_url).post(
+    session = session_for(base_url)
+    headers = _headers("POST", base_url, path, body)
+    timeout = timeout or settings.PEER_HTTP_TIMEOUT_S
+    if deadline_s is None:
+        return session.post(url, data=body, headers=headers, timeout=timeout)
+    return _post_within(
+        session,
         url,
-        data=body,
-        headers=_headers("POST", base_url, path, body),
-        timeout=timeout or settings.PEER_HTTP_TIMEOUT_S,
+        body,
+        headers,
+        timeout=timeout,
+        deadline_s=deadline_s,
+        max_answer_bytes=settings.PEER_MAX_BODY_BYTES
+        if max_answer_bytes is None
+        else max_answer_bytes,
     )
 
 
