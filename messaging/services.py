@@ -319,7 +319,7 @@ def mark_conversation_read(*, viewer: User, peer_username: str) -> int:
     except errors.UnknownRecipient:
         recipient = None  # gone from the network: read here, nobody to tell
     now = timezone.now()
-    with transaction.atomic():
+    with write_transaction():
         count = unread.filter(envelope_id__in=ids).update(read_at=now, status=Message.Status.READ)
         if recipient is not None and count:  # 0: a parallel poll sent them
             rows = []
@@ -686,7 +686,7 @@ def _post_batch(node: str, rows: list[Outbox]) -> tuple[bytes, list, list]:
             except protocol.ProtocolError as error:
                 items.append(protocol.BatchItem(index, None, None, error))
         try:
-            with transaction.atomic():
+            with write_transaction():
                 answer = accept_envelopes(items, from_node=KnownNode(local_name, verify_key, None))
         except protocol.ProtocolError as error:
             raise _Unreachable(error.code) from None
@@ -736,7 +736,7 @@ def _post_batch(node: str, rows: list[Outbox]) -> tuple[bytes, list, list]:
 
 def _record_failure(node: str, rows: list[Outbox], reason: str) -> float:
     now = timezone.now()
-    with transaction.atomic():
+    with write_transaction():
         state, _ = DestinationState.objects.get_or_create(node=node)
         state.consecutive_failures += 1
         delay = backoff_delay_s(state.consecutive_failures)
@@ -795,7 +795,7 @@ def _apply_answer(
     retried_ids = {str(r.envelope_id) for r in retried + resealed}
     retried += [r for i, r in by_id.items() if i not in answered and i not in retried_ids]
     now = timezone.now()
-    with transaction.atomic():
+    with write_transaction():
         if resealed:
             again = _reseal(Outbox.objects.filter(id__in=[r.id for r in resealed]), now=now)
             moved = {r.id: r.destination for r in again if r.destination != node}
