@@ -18,6 +18,7 @@ from tests.helpers.messaging import (
     make_remote_person,
     post_signed,
     seal_from,
+    stored_message,
 )
 
 pytestmark = pytest.mark.django_db
@@ -119,39 +120,9 @@ def test_a_good_envelope_is_stored_next_to_a_refused_one(client, net):
 
 def test_a_read_receipt_marks_only_the_senders_messages_to_that_reader(client, net):
     alice = make_local_person("alice")
-    to_rita = Message.objects.create(
-        envelope_id="11111111-1111-4111-8111-111111111111",
-        owner=net.bob,
-        peer_username="rita",
-        sender_username="bob",
-        recipient_username="rita",
-        direction="out",
-        text="x",
-        created_ms=1,
-        status="delivered",
-    )
-    to_olga = Message.objects.create(
-        envelope_id="22222222-2222-4222-8222-222222222222",
-        owner=net.bob,
-        peer_username="olga",
-        sender_username="bob",
-        recipient_username="olga",
-        direction="out",
-        text="y",
-        created_ms=2,
-        status="delivered",
-    )
-    alices = Message.objects.create(
-        envelope_id="33333333-3333-4333-8333-333333333333",
-        owner=alice,
-        peer_username="rita",
-        sender_username="alice",
-        recipient_username="rita",
-        direction="out",
-        text="z",
-        created_ms=3,
-        status="delivered",
-    )
+    to_rita = stored_message(net.bob, "rita", direction="out", text="x", created_ms=1)
+    to_olga = stored_message(net.bob, "olga", direction="out", text="y", created_ms=2)
+    alices = stored_message(alice, "rita", direction="out", text="z", created_ms=3)
     ids = [str(m.envelope_id) for m in (to_rita, to_olga, alices)]
     receipt = seal_from(net.rita, net.bob, {"ids": ids}, kind="read")
     answer = post_signed(client, net.branch, batch(receipt)).json()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -16,6 +15,7 @@ from tests.helpers.messaging import (
     make_local_person,
     make_remote_node,
     make_remote_person,
+    stored_message,
 )
 
 pytestmark = pytest.mark.django_db
@@ -298,18 +298,7 @@ def test_a_message_refused_as_undecryptable_is_sealed_again_for_the_new_key(alic
 
 
 def test_an_undecryptable_read_receipt_is_dropped_not_resealed(alice, rita):
-    Message.objects.create(
-        envelope_id=uuid.uuid4(),
-        kind="message",
-        owner=alice,
-        peer_username="rita",
-        sender_username="rita",
-        recipient_username="alice",
-        direction="in",
-        text="from rita",
-        created_ms=1,
-        status="delivered",
-    )
+    stored_message(alice, "rita", direction="in", text="from rita")
     assert services.mark_conversation_read(viewer=alice, peer_username="rita") == 1
     receipt = Outbox.objects.get(kind="read")
 

@@ -129,3 +129,26 @@ def post_signed(
         nonce=nonce,
     )
     return client.post(path, data=body, content_type="application/json", HTTP_AUTHORIZATION=auth)
+
+
+def stored_message(
+    owner: User, peer: str, *, direction: str, text: str = "hello", created_ms: int = 1, **kw: Any
+):
+    """A message as this node keeps it after delivery (status delivered unless given)."""
+    from messaging.models import Message
+
+    sender, recipient = (owner.username, peer) if direction == "out" else (peer, owner.username)
+    fields: dict[str, Any] = dict(
+        envelope_id=protocol.new_envelope_id(),
+        kind="message",
+        owner=owner,
+        peer_username=peer,
+        sender_username=sender,
+        recipient_username=recipient,
+        direction=direction,
+        text=text,
+        created_ms=created_ms,
+        status="delivered",
+    )
+    fields.update(kw)
+    return Message.objects.create(**fields)
