@@ -101,6 +101,10 @@ def validate_url(url: object, *, field: str = "url") -> str:
         raise refused from None
     if parts.scheme not in {"http", "https"} or not hostname or parts.query or parts.fragment:
         raise refused
+    if settings.PRODUCTION and parts.scheme != "https":
+        # Node-to-node and node-to-login-server traffic is signed but must not be
+        # replayable or held back by whoever sits on the path: TLS in production.
+        raise ProtocolError("insecure_url", f"{field} must be an https URL in production")
     return url.rstrip("/")
 
 

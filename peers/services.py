@@ -62,6 +62,10 @@ def join_network(*, login_server_url: str, token: str, name: str, url: str) -> J
     protocol.validate_node_name(name)
     login_server_url = login_server_url.rstrip("/")
     url = url.rstrip("/")
+    if settings.PRODUCTION and not all(u.startswith("https://") for u in (login_server_url, url)):
+        raise LoginServerError(
+            "insecure_url", "in production the login server URL and --url must be https://"
+        )
     key = SigningKey.generate()
     body = protocol.canonical_json(
         {

@@ -412,3 +412,16 @@ def test_health_reports_the_directory_age():
     health = queries.login_server_health()
     assert health["login_server"] == "ok"
     assert health["directory_age_s"] is not None
+
+
+# --- joining -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("login_server", "url"),
+    [("http://ls.example.com", "https://hq.example.com"), ("https://ls.example.com", "http://hq")],
+)
+def test_in_production_a_node_joins_only_over_https(settings, login_server, url):
+    settings.PRODUCTION = True
+    with pytest.raises(services.LoginServerError) as refused:
+        services.join_network(login_server_url=login_server, token="t", name="hq", url=url)
+    assert refused.value.code == "insecure_url"
+    assert not NodeIdentity.objects.exists()

@@ -151,6 +151,16 @@ def test_an_enrolment_without_proof_of_the_key_is_refused(client):
     assert EnrolmentToken.objects.get().used_at is None
 
 
+def test_in_production_a_node_must_enrol_with_an_https_url(client, settings):
+    settings.PRODUCTION = True
+    _, token = services.create_enrolment_token(node_name="hq")
+    plain = post_enrol(client, enrol_body(SigningKey.generate(), token, "hq"))
+    assert (plain.status_code, error_code(plain)) == (400, "insecure_url")
+    assert not Node.objects.exists()
+    tls = enrol_body(SigningKey.generate(), token, "hq", url="https://hq.example.com")
+    assert post_enrol(client, tls).status_code == 201
+
+
 def test_a_second_node_with_a_taken_name_is_refused(client):
     _, first = services.create_enrolment_token(node_name="hq")
     _, second = services.create_enrolment_token(node_name="hq")
