@@ -181,7 +181,7 @@ def _outbox_row(
     envelope_id: str,
     kind: str,
     destination: str,
-    message: Message | None,
+    message: Message | None = None,
 ) -> Outbox:
     now = timezone.now()
     return Outbox(
@@ -318,33 +318,31 @@ def mark_conversation_read(*, viewer: User, peer_username: str) -> int:
         recipient = resolve_recipient(peer_username, local_name=local_name)
     except errors.UnknownRecipient:
         recipient = None  # gone from the network: read here, nobody to tell
+    rows = []
+    if recipient is not None:  # sealed before the write lock, which is held only to write
+        for start in range(0, len(ids), READ_RECEIPT_MAX_IDS):
+            envelope_id = protocol.new_envelope_id()
+            sealed = _seal(
+                sender=viewer,
+                sender_node=local_name,
+                recipient=recipient,
+                kind="read",
+                payload={"ids": ids[start : start + READ_RECEIPT_MAX_IDS]},
+                envelope_id=envelope_id,
+                created_ms=_now_ms(),
+            )
+            rows.append(
+                _outbox_row(
+                    sealed, envelope_id=envelope_id, kind="read", destination=recipient.node
+                )
+            )
     now = timezone.now()
     with write_transaction():
         count = unread.filter(envelope_id__in=ids).update(read_at=now, status=Message.Status.READ)
-        if recipient is not None and count:  # 0: a parallel poll sent them
-            rows = []
-            for start in range(0, len(ids), READ_RECEIPT_MAX_IDS):
-                envelope_id = protocol.new_envelope_id()
-                sealed = _seal(
-                    sender=viewer,
-                    sender_node=local_name,
-                    recipient=recipient,
-                    kind="read",
-                    payload={"ids": ids[start : start + READ_RECEIPT_MAX_IDS]},
-                    envelope_id=envelope_id,
-                    created_ms=_now_ms(),
-                )
-                rows.append(
-                    _outbox_row(
-                        sealed,
-                        envelope_id=envelope_id,
-                        kind="read",
-                        destination=recipient.node,
-                        message=None,
-                    )
-                )
+        if rows and count:  # 0: a parallel poll sent them
             Outbox.objects.bulk_create(rows)
-            schedule_delivery(recipient.node)
+    if rows and count:
+        schedule_delivery(recipient.node)  # after the writer lock, as in send_message
     return count
 
 
@@ -379,10 +377,11 @@ def retry_failed_messages(message_ids: list[int]) -> int:
         Message.objects.filter(id__in=[r[1] for r in rows]).update(
             status=Message.Status.QUEUED, error=""
         )
-        # Sealed again for the recipient's key and node as known now: the failure may
-        # have been a key the recipient has since replaced.
-        resealed = _reseal(Outbox.objects.filter(id__in=[r[0] for r in rows]), now=now)
-        destinations = {r[2] for r in rows} | {row.destination for row in resealed}
+        # The same bytes again, not a new seal: if the recipient's node stored the first
+        # copy and only its acknowledgement was lost, it acknowledges the same bytes; new
+        # bytes under that id would be refused (id_conflict). A key the recipient has
+        # replaced meanwhile is refused as decrypt_failed, which reseals (_apply_answer).
+        destinations = {r[2] for r in rows}
         _forget_backoff(destinations)
         for node in sorted(destinations):
             transaction.on_commit(lambda node=node: _enqueue(node, force=True))
@@ -773,6 +772,7 @@ def _apply_answer(
     failed: dict[str, list[Outbox]] = {}
     retried: list[Outbox] = []
     resealed: list[Outbox] = []
+    moved: dict[int, str] = {}  # resealed for a person who changed office: row -> node
     for refusal in refusals:
         envelope_id = refusal.get("id") if isinstance(refusal, dict) else None
         row = by_id.get(envelope_id) if isinstance(envelope_id, str) else None
@@ -799,8 +799,6 @@ def _apply_answer(
         if resealed:
             again = _reseal(Outbox.objects.filter(id__in=[r.id for r in resealed]), now=now)
             moved = {r.id: r.destination for r in again if r.destination != node}
-            for destination in sorted(set(moved.values())):  # the person changed office
-                schedule_delivery(destination)
             resealed = [r for r in resealed if r.id not in moved]
         if delivered:
             # FAILED too: the sweeper may have expired a row whose batch was in flight;
@@ -829,6 +827,8 @@ def _apply_answer(
         DestinationState.objects.filter(node=node, consecutive_failures__gt=0).update(
             consecutive_failures=0, next_attempt_at=None, last_error="", last_success_at=now
         )
+    for destination in sorted(set(moved.values())):  # after the writer lock
+        schedule_delivery(destination)
     failed_count = sum(len(g) for g in failed.values())
     logger.info(
         "batch delivered",

@@ -308,14 +308,36 @@ def test_an_undecryptable_read_receipt_is_dropped_not_resealed(alice, rita):
     assert not Outbox.objects.filter(kind="read").exists()
 
 
-def test_retrying_a_failed_message_seals_it_for_the_recipients_current_key(alice, rita, settings):
+def test_retry_resends_the_same_bytes_so_a_stored_copy_is_acknowledged(alice, rita, settings):
+    """The recipient's node may have stored it and only the acknowledgement was lost:
+    new bytes under the same id would be refused as id_conflict."""
+    settings.DELIVERY_MAX_AGE_S = 60
+    message = services.send_message(sender=alice, recipient_username="rita", text="retry me")
+    sent = bytes(Outbox.objects.get().raw)
+    Outbox.objects.update(queued_at=timezone.now() - timedelta(seconds=61))
+    services.sweep_outbox()
+
+    services.retry_message(owner=alice, message_id=message.id)
+
+    row = Outbox.objects.get()
+    assert bytes(row.raw) == sent
+    ack = protocol.sign_ack(rita.node.key, str(row.envelope_id), sent)
+    services._apply_answer("branch", [row], bytes(rita.node.key.verify_key), [ack], [])
+    message.refresh_from_db()
+    assert message.status == "delivered"
+
+
+def test_a_retried_message_for_a_replaced_key_is_resealed_when_refused(alice, rita, settings):
     settings.DELIVERY_MAX_AGE_S = 60
     message = services.send_message(sender=alice, recipient_username="rita", text="retry me")
     Outbox.objects.update(queued_at=timezone.now() - timedelta(seconds=61))
     services.sweep_outbox()
     rotate_remote_box_key(rita)
-
     services.retry_message(owner=alice, message_id=message.id)
+    row = Outbox.objects.get()
+
+    node_key = bytes(rita.node.key.verify_key)
+    services._apply_answer("branch", [row], node_key, [], [refusal(row, "decrypt_failed")])
 
     row = Outbox.objects.get()
     assert row.failed_at is None
