@@ -114,7 +114,9 @@ def _encodable(value: Any) -> bool:
 
 def parse_json_object(body: bytes, *, what: str = "body") -> dict[str, Any]:
     try:
-        value = json.loads(body)
+        # Strict UTF-8 first: json.loads(bytes) would also take UTF-16/32 and let
+        # UTF-8-encoded surrogates through.
+        value = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise _fail("malformed_json", f"{what} is not valid JSON") from None
     if not isinstance(value, dict):

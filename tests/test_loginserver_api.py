@@ -215,6 +215,7 @@ def test_the_admin_token_form_explains_a_bad_node_name(name):
     ("body", "code"),
     [
         (b"{not json", "malformed_json"),
+        (b'{"token": "\xed\xa0\x80", "name": "hq"}', "malformed_json"),  # no 500
         (b"[]", "malformed_json"),
         (b'{"name": "hq"}', "missing_field"),
         (

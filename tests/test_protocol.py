@@ -329,7 +329,13 @@ def test_a_timestamp_that_is_not_plain_unix_seconds_is_refused(ts):
 
 @pytest.mark.parametrize(
     "body",
-    [b'{"text":"\\ud800"}', b'{"\\uDFFF":1}', b'{"a":[{"b":"x\\udbffy"}]}'],
+    [
+        b'{"text":"\\ud800"}',
+        b'{"\\uDFFF":1}',
+        b'{"a":[{"b":"x\\udbffy"}]}',
+        b'{"text":"\xed\xa0\x80"}',  # a surrogate encoded as UTF-8 bytes
+        '{"text":"hi"}'.encode("utf-16"),
+    ],
 )
 def test_a_lone_surrogate_in_json_is_refused_as_malformed(body):
     with pytest.raises(ProtocolError) as caught:
