@@ -62,7 +62,7 @@ GET /api/v1/directory (signed)
     200:      headers ETag: "<32 hex>", X-P2P-Signature: <b64 signature by the login server
               key over b"p2psocial/v1/directory\\x00" + exact body bytes>
               body (canonical JSON: sorted keys, no spaces):
-              {"v": 1, "generated": 1767000000,
+              {"v": 1, "generated_ms": 1767000000000,
                "nodes": [{"name": "hq", "url": "...", "sign_key": "<b64 32>",
                           "active": true, "online": true}, ...],
                "users": [{"record": "<b64 user record bytes>", "sig": "<b64 signature over

@@ -46,10 +46,20 @@ def current_version() -> str:
     return row[0] if row else ""
 
 
+def version_time_ms(version: str) -> int:
+    """When the directory last changed (Unix milliseconds), from the version token."""
+    stamp = version[:13]
+    return int(stamp) if len(stamp) == 13 and stamp.isdigit() else 0
+
+
 def build(version: str, now: datetime) -> Snapshot:
     """Encode and sign the directory as of now."""
     offline_after = settings.NODE_OFFLINE_AFTER_S
     valid_until = float("inf")
+    # "generated_ms" depends on the data only (when the version changed, or the latest time a
+    # node turned offline since), never on when this process built it: every process of
+    # the login server then answers the same bytes, ETag and time for one state.
+    generated_ms = version_time_ms(version)
     nodes = []
     online: dict[int, bool] = {}
     last_report: dict[int, int | None] = {}
@@ -60,6 +70,8 @@ def build(version: str, now: datetime) -> Snapshot:
             is_online = deadline >= now.timestamp()
             if is_online:
                 valid_until = min(valid_until, deadline)
+            else:
+                generated_ms = max(generated_ms, int(deadline * 1000))
         online[node.pk] = is_online
         last_report[node.pk] = _ts(node.last_report_at)
         nodes.append(
@@ -93,7 +105,7 @@ def build(version: str, now: datetime) -> Snapshot:
             }
         )
     body = protocol.canonical_json(
-        {"v": protocol.VERSION, "generated": int(now.timestamp()), "nodes": nodes, "users": users}
+        {"v": protocol.VERSION, "generated_ms": generated_ms, "nodes": nodes, "users": users}
     )
     signature = protocol.b64e(protocol.sign_directory(server_signing_key(), body))
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'

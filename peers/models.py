@@ -108,8 +108,8 @@ class DirectorySync(models.Model):
     """How the last directory fetches went (one row, pk=1): for staleness banners and /health."""
 
     etag = models.CharField(max_length=100, blank=True)
-    # The "generated" time (Unix seconds) of the newest directory applied: older ones
-    # are refused, so a replayed answer cannot roll the cache back.
+    # The "generated_ms" time (Unix milliseconds) of the newest directory applied: older
+    # ones are refused, so a replayed answer cannot roll the cache back.
     generated = models.BigIntegerField(default=0)
     last_success_at = models.DateTimeField(null=True, blank=True)
     last_attempt_at = models.DateTimeField(null=True, blank=True)

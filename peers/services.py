@@ -387,20 +387,21 @@ def apply_directory(*, body: bytes, signature: bytes) -> ApplyResult:
     pinned = bytes(identity.login_server_key)
     protocol.verify_directory(pinned, body, signature)
     obj = protocol.parse_json_object(body, what="directory")
-    generated = protocol.require(obj, "generated", int)
+    generated = protocol.require(obj, "generated_ms", int)
     nodes = _parse_nodes(protocol.require(obj, "nodes", list))
     result = ApplyResult(nodes=len(nodes))
     verified = list(_verify_users(protocol.require(obj, "users", list), nodes, pinned, result))
     now = timezone.now()
     with transaction.atomic():
         # A replayed older answer (signed, but from before a revocation or key change)
-        # must not roll the cache back.
-        newest = DirectorySync.objects.filter(pk=1).values_list("generated", flat=True).first()
-        if newest is not None and generated < newest:
+        # must not roll the cache back. The row is locked (PostgreSQL): two fetches at
+        # once cannot both pass the check and commit the older one last.
+        sync, _ = DirectorySync.objects.select_for_update().get_or_create(pk=1)
+        if generated < sync.generated:
             raise protocol.ProtocolError(
                 "stale_directory", "the directory is older than the one already applied"
             )
-        DirectorySync.objects.update_or_create(pk=1, defaults={"generated": generated})
+        DirectorySync.objects.filter(pk=1).update(generated=generated)
         existing_nodes = {n.name: n for n in PeerNode.objects.all()}
         for name, data in nodes.items():
             node = existing_nodes.get(name)
