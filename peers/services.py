@@ -210,12 +210,30 @@ def _login_server_accepts(identity: NodeIdentity, key: SigningKey) -> bool:
         response = signed_get(identity.login_server_url, "/api/v1/directory", key=key)
     except requests.RequestException:
         raise RotationInterrupted("unreachable", "login server unreachable") from None
-    if response.status_code in (200, 304):
-        return True
+    if response.status_code == 200:
+        # Only the login server's own word counts: a directory it signed that lists this
+        # node with the pending key. A bare 200 from a proxy or a cache proves nothing,
+        # and adopting a key the login server does not have would lock the node out.
+        return _directory_lists_key(identity, response, bytes(key.verify_key))
     error = _refusal(response)
     if response.status_code == 401 and error.code == "bad_signature":
         return False
     raise RotationInterrupted(error.code, error.message)
+
+
+def _directory_lists_key(identity: NodeIdentity, response, public: bytes) -> bool:
+    try:
+        signature = protocol.b64d(
+            response.headers.get("X-P2P-Signature", ""), field="X-P2P-Signature", length=64
+        )
+        protocol.verify_directory(bytes(identity.login_server_key), response.content, signature)
+        nodes = _parse_nodes(
+            protocol.require(protocol.parse_json_object(response.content), "nodes", list)
+        )
+    except protocol.ProtocolError as error:
+        raise RotationInterrupted(error.code, error.message) from None
+    listed = nodes.get(identity.name)
+    return listed is not None and listed["sign_key"] == public
 
 
 def _is_pending(identity: NodeIdentity, key: SigningKey) -> bool:

@@ -357,6 +357,26 @@ def test_running_again_while_the_login_server_is_unreachable_keeps_the_key_pendi
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("status", [200, 304])
+def test_an_unsigned_ok_from_something_on_the_path_does_not_adopt_the_pending_key(
+    joined, monkeypatch, status
+):
+    """A proxy or cache answering 200/304 is not the login server saying it switched."""
+    new_key = interrupted_rotation(monkeypatch, after_the_login_server_saw_it=False)
+
+    def proxy_answer(*args, **kwargs):
+        response = requests.Response()
+        response.status_code, response._content = status, b'{"nodes": []}'
+        return response
+
+    monkeypatch.setattr(services, "signed_get", proxy_answer)
+    with pytest.raises(CommandError):
+        call_command("rotate_node_key")
+    assert current_public_key() == bytes(joined.verify_key)
+    assert pending_public_key() == new_key
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_resent_rotation_refused_because_the_first_one_landed_meanwhile_keeps_the_key(
     joined, monkeypatch
 ):
