@@ -113,19 +113,6 @@ def verify_signed(
     return node, auth
 
 
-def verify_signed_request(
-    request: HttpRequest, body: bytes, resolve: NodeResolver
-) -> tuple[KnownNode, protocol.RequestAuth]:
-    """verify_signed for a Django request."""
-    return verify_signed(
-        method=request.method or "",
-        path=request.get_full_path(),
-        authorization=request.headers.get("Authorization"),
-        body=body,
-        resolve=resolve,
-    )
-
-
 _CLAIM_NONCE_SQL = (
     "INSERT INTO peers_seennonce (node, nonce, timestamp, created_at) "
     "VALUES (%s, %s, %s, %s) ON CONFLICT (node, nonce) DO NOTHING"
@@ -158,8 +145,9 @@ def record_nonce(auth: protocol.RequestAuth) -> None:
 # (1, 2, 5, 10 ... 100 ms steps) although a signed request's transaction takes well under
 # a millisecond. Signed requests therefore queue for it first: threads of this process on
 # a lock, then processes (several web processes on one database) on an flock of a file
-# beside the database, both handed over at once. Writers that do not queue here (a
-# worker, the admin) still meet the busy timeout as before.
+# beside the database, both handed over at once. Signed requests, sending, read marking
+# and the worker's delivery writes queue here; other writers (the admin, presence and
+# directory tasks, management commands) still meet SQLite's busy timeout.
 _sqlite_writer = threading.Lock()
 _writer_lock_files: dict[str, int] = {}
 
