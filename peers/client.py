@@ -73,6 +73,7 @@ post_delete.connect(_forget_identity, sender=NodeIdentity, dispatch_uid="peers.c
 # thread shuts the connection's socket down when the time is up, which ends whatever the
 # request is blocked on (connect, TLS, sending, the status line, headers or the body).
 ANSWER_CHUNK_BYTES = 64 * 1024
+RECHECK_S = 0.05  # how soon an overdue exchange without a socket yet is looked at again
 
 
 class DeadlineExceeded(requests.Timeout):
@@ -96,8 +97,9 @@ class _Exchange:
     def attach(self, connection) -> None:
         with self._lock:
             self._connection = connection
-            if self.expired:
-                _cut(connection)
+            missed = self.expired and not _cut(connection)
+        if missed:
+            _watchdog.recheck(self)
 
     def detach(self, connection) -> bool:
         """The connection goes back to its pool; True if it was cut and must be closed."""
@@ -111,8 +113,11 @@ class _Exchange:
             if self.finished:
                 return
             self.expired = True
-            if self._connection is not None:
-                _cut(self._connection)
+            missed = self._connection is None or not _cut(self._connection)
+        if missed:
+            # No socket to shut yet (still connecting, or not attached): look again soon,
+            # so an exchange whose connect outlasted its deadline is still cut.
+            _watchdog.recheck(self)
 
     def finish(self) -> bool:
         """Stop watching; True if the deadline came first."""
@@ -122,13 +127,16 @@ class _Exchange:
             return self.expired
 
 
-def _cut(connection) -> None:
-    sock = connection.sock  # None while connecting: the connect timeout bounds that
-    if sock is not None:
-        # socket.socket's own shutdown, also for a TLS socket: it wakes a thread blocked
-        # on the socket at once, without touching the TLS state that thread is using.
-        with contextlib.suppress(OSError):
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+def _cut(connection) -> bool:
+    """Shut the connection's socket down; False when it has none yet (connecting)."""
+    sock = connection.sock
+    if sock is None:
+        return False
+    # socket.socket's own shutdown, also for a TLS socket: it wakes a thread blocked on
+    # the socket at once, without touching the TLS state that thread is using.
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    return True
 
 
 class _Watchdog:
@@ -144,6 +152,11 @@ class _Watchdog:
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
         self._sleeping_until = float("inf")  # the watchdog's next wake-up
+
+    def recheck(self, exchange: _Exchange) -> None:
+        """Expire exchange again shortly (its connection had no socket to shut yet)."""
+        exchange.deadline = time.monotonic() + RECHECK_S
+        self.watch(exchange)
 
     def watch(self, exchange: _Exchange) -> None:
         with self._wake:

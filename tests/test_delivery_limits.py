@@ -311,3 +311,28 @@ def test_a_second_delivery_to_a_stuck_node_starts_no_second_request(
         assert later and later[0].busy and all(r.batches == 0 for r in later)
         assert first and first[0].retry_in_s is not None
         assert_queued_with_backoff(message, "deadline exceeded")
+
+
+def test_a_deadline_that_passes_while_connecting_still_cuts_the_connection():
+    """The watchdog found no socket to shut (connect still running); once the socket
+    exists, the overdue exchange is cut all the same."""
+    from peers import client
+
+    class Connecting:
+        sock = None
+
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.settimeout(5)
+        exchange = client._Exchange(time.monotonic())  # overdue at once
+        connection = Connecting()
+        exchange.attach(connection)
+        client._watchdog.watch(exchange)
+        time.sleep(0.2)  # the deadline passes with no socket
+        assert exchange.expired
+        connection.sock = ours  # the connect completes
+        assert theirs.recv(1) == b""  # shut down by the watchdog's recheck
+        assert exchange.finish()
+    finally:
+        ours.close()
+        theirs.close()
