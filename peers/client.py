@@ -239,10 +239,11 @@ def _read_at_most(response: requests.Response, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _post_within(
+def _request_within(
     session: requests.Session,
+    method: str,
     url: str,
-    body: bytes,
+    body: bytes | None,
     headers: dict[str, str],
     *,
     timeout: float,
@@ -253,8 +254,9 @@ def _post_within(
     _watchdog.watch(exchange)
     _current.exchange = exchange
     try:
-        # No redirects: an inbox never redirects, and following one reads its body unbounded.
-        response = session.post(
+        # No redirects: the API never redirects, and following one reads its body unbounded.
+        response = session.request(
+            method,
             url,
             data=body,
             headers=headers,
@@ -335,8 +337,9 @@ def signed_post(
     timeout = timeout or settings.PEER_HTTP_TIMEOUT_S
     if deadline_s is None:
         return session.post(url, data=body, headers=headers, timeout=timeout)
-    return _post_within(
+    return _request_within(
         session,
+        "POST",
         url,
         body,
         headers,
@@ -355,11 +358,27 @@ def signed_get(
     *,
     timeout: float | None = None,
     key: SigningKey | None = None,
+    deadline_s: float | None = None,
+    max_answer_bytes: int | None = None,
 ) -> requests.Response:
-    """GET base_url + path, signed with this node's key or the given one (empty body)."""
+    """GET base_url + path, signed with this node's key or the given one (empty body);
+    deadline_s and max_answer_bytes as for signed_post."""
     url = base_url.rstrip("/") + path
     all_headers = _headers("GET", base_url, path, b"", key)
     all_headers.update(headers or {})
-    return session_for(base_url).get(
-        url, headers=all_headers, timeout=timeout or settings.PEER_HTTP_TIMEOUT_S
+    session = session_for(base_url)
+    timeout = timeout or settings.PEER_HTTP_TIMEOUT_S
+    if deadline_s is None:
+        return session.get(url, headers=all_headers, timeout=timeout)
+    return _request_within(
+        session,
+        "GET",
+        url,
+        None,
+        all_headers,
+        timeout=timeout,
+        deadline_s=deadline_s,
+        max_answer_bytes=settings.PEER_MAX_BODY_BYTES
+        if max_answer_bytes is None
+        else max_answer_bytes,
     )

@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import timezone as dt_timezone
+from typing import Any
 
 import requests
 from django.conf import settings
@@ -53,6 +54,21 @@ class JoinResult:
     identity: NodeIdentity
     login_server_fingerprint: str
     node_fingerprint: str
+
+
+# A directory of thousands of people is a few MiB; any other answer is small.
+DIRECTORY_MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+
+def _bounded(*, directory: bool = False) -> dict[str, Any]:
+    """Limits for a request to the login server, as for a peer: the whole exchange within
+    P2P_PEER_REQUEST_DEADLINE_S and an answer of bounded size (else: unreachable)."""
+    return {
+        "deadline_s": settings.PEER_REQUEST_DEADLINE_S,
+        "max_answer_bytes": DIRECTORY_MAX_ANSWER_BYTES
+        if directory
+        else settings.PEER_MAX_BODY_BYTES,
+    }
 
 
 def join_network(*, login_server_url: str, token: str, name: str, url: str) -> JoinResult:
@@ -151,7 +167,7 @@ def rotate_node_key() -> KeyRotation:
         }
     )
     try:
-        response = signed_post(identity.login_server_url, "/api/v1/rotate-key", body)
+        response = signed_post(identity.login_server_url, "/api/v1/rotate-key", body, **_bounded())
     except requests.RequestException:
         raise RotationInterrupted("unreachable", "no answer from the login server") from None
     if response.status_code != 200:
@@ -207,7 +223,9 @@ def _store_pending_key() -> SigningKey:
 def _login_server_accepts(identity: NodeIdentity, key: SigningKey) -> bool:
     """Whether the login server takes key as this node's: a directory GET signed with it."""
     try:
-        response = signed_get(identity.login_server_url, "/api/v1/directory", key=key)
+        response = signed_get(
+            identity.login_server_url, "/api/v1/directory", key=key, **_bounded(directory=True)
+        )
     except requests.RequestException:
         raise RotationInterrupted("unreachable", "login server unreachable") from None
     if response.status_code == 200:
@@ -312,7 +330,7 @@ def report_presence(*, exclude_session_hash: str | None = None) -> dict:
     identity = local_node()
     body = build_report(exclude_session_hash=exclude_session_hash)
     try:
-        response = signed_post(identity.login_server_url, "/api/v1/report", body)
+        response = signed_post(identity.login_server_url, "/api/v1/report", body, **_bounded())
     except requests.RequestException:
         raise LoginServerError("unreachable", "login server unreachable") from None
     if response.status_code != 200:
@@ -545,7 +563,12 @@ def fetch_directory() -> str:
     headers = {"If-None-Match": sync.etag} if sync.etag else {}
     try:
         try:
-            response = signed_get(identity.login_server_url, "/api/v1/directory", headers)
+            response = signed_get(
+                identity.login_server_url,
+                "/api/v1/directory",
+                headers,
+                **_bounded(directory=True),
+            )
         except requests.RequestException:
             raise LoginServerError("unreachable", "login server unreachable") from None
         if response.status_code == 304:

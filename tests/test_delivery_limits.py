@@ -336,3 +336,20 @@ def test_a_deadline_that_passes_while_connecting_still_cuts_the_connection():
     finally:
         ours.close()
         theirs.close()
+
+
+@pytest.mark.parametrize("answer", [drip_body, huge_streamed])
+@pytest.mark.django_db
+def test_a_login_server_that_drips_or_floods_cannot_hold_the_directory_fetch(short_limits, answer):
+    """The node's own calls to the login server are bounded the same way."""
+    from peers import services as peer_services
+    from peers.models import NodeIdentity
+
+    with fake_peer(answer) as login_server:
+        join_local_node("hq")
+        NodeIdentity.objects.filter(pk=1).update(login_server_url=login_server.url)
+        started = time.monotonic()
+        with pytest.raises(peer_services.LoginServerError) as refused:
+            peer_services.fetch_directory()
+        assert time.monotonic() - started < 2.0 + 5  # the deadline, with margin
+        assert refused.value.code == "unreachable"
