@@ -9,6 +9,8 @@ from .logging import request_id_var
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "p2psocial.settings")
 
+SESSION_CLEANUP_INTERVAL_S = 3600
+
 app = Celery("p2psocial")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
@@ -56,6 +58,7 @@ def _schedule_periodic_tasks(sender: Celery, **kwargs: object) -> None:
         (settings.DIRECTORY_FETCH_INTERVAL_S, "peers.tasks.fetch_directory", "fetch directory"),
         (settings.OUTBOX_SWEEP_INTERVAL_S, "messaging.tasks.sweep_outbox", "sweep outbox"),
         (settings.HEARTBEAT_INTERVAL_S, "p2psocial.tasks.heartbeat", "worker heartbeat"),
+        (SESSION_CLEANUP_INTERVAL_S, "accounts.tasks.clear_expired_sessions", "clear sessions"),
     ]
     for interval, task, name in periodic:
         sender.add_periodic_task(
