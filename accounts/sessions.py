@@ -71,3 +71,18 @@ def start_verified_session(*, request: HttpRequest) -> None:
     User.objects.filter(pk=request.user.pk).update(last_activity=now)
     request.user.last_activity = now
     request.session.save()
+
+
+def clear_expired_sessions() -> int:
+    """Delete expired sessions (the session engine's own clear_expired) and the records of
+    sessions that no longer exist; presence reads them on every report. Returns how many
+    records went."""
+    from django.contrib.sessions.models import Session
+
+    _session_store().clear_expired()
+    gone, _ = UserSession.objects.exclude(
+        session_key__in=Session.objects.values("session_key")
+    ).delete()
+    if gone:
+        logger.info("expired sessions cleared", extra={"count": gone})
+    return gone
