@@ -248,8 +248,10 @@ def _request_within(
     *,
     timeout: float,
     deadline_s: float,
-    max_answer_bytes: int,
+    max_answer_bytes: int | None,
 ) -> requests.Response:
+    if max_answer_bytes is None:
+        max_answer_bytes = settings.PEER_MAX_BODY_BYTES
     exchange = _Exchange(time.monotonic() + deadline_s)
     _watchdog.watch(exchange)
     _current.exchange = exchange
@@ -345,9 +347,7 @@ def signed_post(
         headers,
         timeout=timeout,
         deadline_s=deadline_s,
-        max_answer_bytes=settings.PEER_MAX_BODY_BYTES
-        if max_answer_bytes is None
-        else max_answer_bytes,
+        max_answer_bytes=max_answer_bytes,
     )
 
 
@@ -378,7 +378,5 @@ def signed_get(
         all_headers,
         timeout=timeout,
         deadline_s=deadline_s,
-        max_answer_bytes=settings.PEER_MAX_BODY_BYTES
-        if max_answer_bytes is None
-        else max_answer_bytes,
+        max_answer_bytes=max_answer_bytes,
     )

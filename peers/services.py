@@ -65,9 +65,7 @@ def _bounded(*, directory: bool = False) -> dict[str, Any]:
     P2P_PEER_REQUEST_DEADLINE_S and an answer of bounded size (else: unreachable)."""
     return {
         "deadline_s": settings.PEER_REQUEST_DEADLINE_S,
-        "max_answer_bytes": DIRECTORY_MAX_ANSWER_BYTES
-        if directory
-        else settings.PEER_MAX_BODY_BYTES,
+        "max_answer_bytes": DIRECTORY_MAX_ANSWER_BYTES if directory else None,  # None: default
     }
 
 
