@@ -72,15 +72,20 @@ def qr_code_data_uri(text: str) -> str:
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
+def _locked_pending_device(user: User) -> TOTPDevice | None:
+    """The oldest unconfirmed authenticator of user, locked for this transaction."""
+    return (
+        TOTPDevice.objects.select_for_update()
+        .filter(user=user, confirmed=False)
+        .order_by("id")
+        .first()
+    )
+
+
 def pending_totp_device(*, user: User) -> TOTPDevice:
     """The unconfirmed authenticator the person is enrolling, created on first call."""
     with transaction.atomic():
-        device = (
-            TOTPDevice.objects.select_for_update()
-            .filter(user=user, confirmed=False)
-            .order_by("id")
-            .first()
-        )
+        device = _locked_pending_device(user)
         if device is None:
             device = TOTPDevice.objects.create(user=user, name=TOTP_DEVICE_NAME, confirmed=False)
     return device
@@ -151,12 +156,7 @@ def confirm_totp_device(*, user: User, code: str) -> TOTPDevice:
         )
     # Errors are raised after the transaction so that a failure (and its throttling) is kept.
     with transaction.atomic():
-        device = (
-            TOTPDevice.objects.select_for_update()
-            .filter(user=user, confirmed=False)
-            .order_by("id")
-            .first()
-        )
+        device = _locked_pending_device(user)
         if device is None:
             raise CodeRejected("Start the set-up again.", code="no_pending_device")
         _check_allowed(device)
