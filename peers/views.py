@@ -109,13 +109,17 @@ def users(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _person_or_404(username: str):
+    try:
+        return directory.lookup(username)
+    except directory.UnknownUser:
+        raise Http404("no such person") from None
+
+
 @login_required
 @require_GET
 def profile(request: HttpRequest, username: str) -> HttpResponse:
-    try:
-        person = directory.lookup(username)
-    except directory.UnknownUser:
-        raise Http404("no such person") from None
+    person = _person_or_404(username)
     local = None
     if is_joined() and person.node.name == local_node().name:
         local = User.objects.filter(username=username).select_related("profile").first()
@@ -137,9 +141,6 @@ def profile(request: HttpRequest, username: str) -> HttpResponse:
 @login_required
 @require_POST
 def acknowledge_keys(request: HttpRequest, username: str) -> HttpResponse:
-    try:
-        person = directory.lookup(username)
-    except directory.UnknownUser:
-        raise Http404("no such person") from None
+    person = _person_or_404(username)
     services.acknowledge_key_change(viewer=request.user, user=person)
     return redirect("peers:profile", username=username)
