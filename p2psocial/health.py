@@ -2,7 +2,6 @@
 
 import hmac
 import logging
-import time
 
 import redis
 from django.conf import settings
@@ -10,7 +9,7 @@ from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
-from . import redis_client
+from . import redis_client, workerstate
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +26,17 @@ def collect() -> dict:
         checks["database"] = f"error: {type(exc).__name__}"
     if not settings.IS_LOGIN_SERVER:
         checks["worker_heartbeat_age_s"] = None
+        checks["worker_queued"] = None
+        checks["worker_stalled"] = None
     try:
         r = redis_client.get()
         r.ping()
         checks["redis"] = "ok"
         if not settings.IS_LOGIN_SERVER:
-            beat = r.get(redis_client.heartbeat_key())
-            checks["worker_heartbeat_age_s"] = round(time.time() - float(beat), 1) if beat else None
+            age, queued = redis_client.worker_state()
+            checks["worker_heartbeat_age_s"] = round(age, 1) if age is not None else None
+            checks["worker_queued"] = queued
+            checks["worker_stalled"] = redis_client.worker_stalled(age, queued)
     except redis.RedisError as exc:
         logger.warning("health: redis unavailable", extra={"error": type(exc).__name__})
         checks["redis"] = f"error: {type(exc).__name__}"
@@ -46,7 +49,8 @@ def collect() -> dict:
     healthy = checks["database"] == "ok" and checks["redis"] == "ok"
     if not settings.IS_LOGIN_SERVER:
         age = checks.get("worker_heartbeat_age_s")
-        healthy = healthy and age is not None and age < settings.HEARTBEAT_INTERVAL_S * 6
+        stall_after = workerstate.stall_after_s(settings.HEARTBEAT_INTERVAL_S)
+        healthy = healthy and age is not None and age < stall_after
     checks["status"] = "ok" if healthy else "degraded"
     return checks
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from p2psocial.workerstate import default_queue
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -182,9 +184,24 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 4
+# Riding out a Redis restart instead of exiting: reconnect for as long as it takes (the
+# default gives up after 100 tries), notice a dead connection within seconds, and let a
+# task that was running finish; its late ack is lost with the old connection, so Redis
+# hands it out again and the idempotent delivery answers it from the database. These help;
+# what guarantees a running worker is the supervisor (Restart=always, check_worker).
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
-CELERY_TASK_DEFAULT_QUEUE = env("P2P_CELERY_QUEUE", f"p2p-{ROLE}-{NODE_NAME or 'default'}")
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": 300,
+    "socket_timeout": 30,
+    "socket_connect_timeout": 5,
+    "socket_keepalive": True,
+    "health_check_interval": 10,
+    "retry_on_timeout": True,
+}
+CELERY_TASK_DEFAULT_QUEUE = env("P2P_CELERY_QUEUE", default_queue(ROLE, NODE_NAME))
 CELERY_TIMEZONE = "UTC"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # workers log through LOGGING below, with request ids
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models import Case, IntegerField, Value, When
+from django.db.models import Case, Count, IntegerField, Value, When
 from django.utils import timezone
 
 from .models import DirectorySync, DirectoryUser, NodeIdentity
@@ -64,7 +64,7 @@ def login_server_health() -> dict:
     """For /health: login server reachability (last attempt) and the directory's age."""
     identity = NodeIdentity.objects.filter(pk=1).values("login_server_url").first()
     if identity is None:
-        return {"login_server": "not_joined", "directory_age_s": None}
+        return {"login_server": "not_joined", "directory_age_s": None, "directory_people": {}}
     sync = DirectorySync.objects.filter(pk=1).values("last_success_at", "last_error").first()
     last = sync["last_success_at"] if sync else None
     return {
@@ -72,4 +72,16 @@ def login_server_health() -> dict:
         "directory_age_s": (
             round((timezone.now() - last).total_seconds(), 1) if last is not None else None
         ),
+        "directory_people": directory_people_by_node(),
     }
+
+
+def directory_people_by_node() -> dict[str, int]:
+    """How many people of each active node the cached directory lists (this node too)."""
+    rows = (
+        DirectoryUser.objects.filter(listed=True, node__active=True)
+        .values_list("node__name")
+        .annotate(people=Count("id"))
+        .order_by("node__name")
+    )
+    return dict(rows)

@@ -427,6 +427,16 @@ def test_health_reports_the_directory_age():
     assert health["directory_age_s"] is not None
 
 
+def test_health_counts_the_people_the_directory_lists_for_each_node():
+    hq = join_as("hq")
+    branch = enrol("branch")
+    report(hq, person("alice"))
+    report(branch, person("carol"), person("dave"))
+    assert queries.login_server_health()["directory_people"] == {}
+    sync()
+    assert queries.login_server_health()["directory_people"] == {"branch": 2, "hq": 1}
+
+
 # --- joining -----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("login_server", "url"),
