@@ -11,6 +11,7 @@ from django.http import HttpRequest
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from messaging.services import rotate_person_keys
 from peers.protocol import fingerprint
 
 from . import services, sessions, twofactor
@@ -45,8 +46,17 @@ class UserKeysInline(admin.StackedInline):
         return fingerprint(bytes(keys.box_public))
 
 
-@admin.action(description="Reset second factor (the person enrols again at next login)")
+def _changeable(request: HttpRequest, queryset: QuerySet) -> QuerySet:
+    """The people the admin user may act on: only a superuser acts on superusers."""
+    return queryset if request.user.is_superuser else queryset.filter(is_superuser=False)
+
+
+@admin.action(
+    description="Reset second factor (the person enrols again at next login)",
+    permissions=("change",),
+)
 def reset_second_factor(modeladmin, request: HttpRequest, queryset: QuerySet) -> None:
+    queryset = _changeable(request, queryset)
     for user in queryset:
         twofactor.reset_second_factor(user=user)
         sessions.end_sessions(
@@ -61,9 +71,27 @@ def reset_second_factor(modeladmin, request: HttpRequest, queryset: QuerySet) ->
     )
 
 
+@admin.action(description="Rotate keys (new signing and encryption keys)", permissions=("change",))
+def rotate_keys(modeladmin, request: HttpRequest, queryset: QuerySet) -> None:
+    people = list(_changeable(request, queryset))
+    resealed = sum(rotate_person_keys(user=user)[1] for user in people)
+    modeladmin.message_user(
+        request,
+        f"New keys for {len(people)} person(s); they are published at the next presence report "
+        f"(requested now), and other offices then show a key change. Waiting messages sealed "
+        f"again: {resealed}.",
+        messages.SUCCESS,
+    )
+
+
+# Only a superuser hands out permissions: an office administrator could otherwise raise
+# themselves (or a friend) to superuser, or to any permission.
+ESCALATING_FIELDS = ("is_superuser", "groups", "user_permissions")
+
+
 class PersonAdmin(UserAdmin):
     inlines = (ProfileInline, UserKeysInline)
-    actions = (reset_second_factor,)
+    actions = (reset_second_factor, rotate_keys)
     list_display = ("username", "full_name", "is_staff", "is_active", "has_2fa", "last_activity")
     readonly_fields = ("last_login", "date_joined", "last_activity")
 
@@ -76,6 +104,31 @@ class PersonAdmin(UserAdmin):
     def has_2fa(self, user: User) -> bool:
         return twofactor.has_second_factor(user)
 
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if request.user.is_superuser:
+            return fieldsets
+        return [
+            (name, {**options, "fields": _without(options["fields"], ESCALATING_FIELDS)})
+            for name, options in fieldsets
+        ]
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = super().get_readonly_fields(request, obj)
+        if request.user.is_superuser or obj is None:
+            return readonly
+        return (*readonly, "is_staff")
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False  # their password or second factor would be a way in
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_delete_permission(request, obj)
+
     def get_inlines(self, request, obj):
         return self.inlines if obj is not None else ()
 
@@ -83,6 +136,10 @@ class PersonAdmin(UserAdmin):
         super().save_model(request, obj, form, change)
         if not change:
             services.complete_person(user=obj)
+
+
+def _without(fields: tuple, unwanted: tuple) -> tuple:
+    return tuple(field for field in fields if field not in unwanted)
 
 
 class DeviceAdmin(admin.ModelAdmin):

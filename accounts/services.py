@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import secrets
 from typing import IO
@@ -14,8 +15,9 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.http import HttpRequest
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from . import sessions
+from . import roles, sessions, twofactor
 from .errors import UsernameRejected
 from .keys import create_keys
 from .models import Profile, User, UserKeys
@@ -54,6 +56,33 @@ def create_person(
         create_keys(user)
     logger.info("person created", extra={"user_id": user.pk, "staff": is_staff})
     return user
+
+
+def create_login_server_administrator(
+    *, username: str, password: str, full_name: str = "", totp_secret_b32: str | None = None
+) -> tuple[User, TOTPDevice]:
+    """An administrator of the login server, in one transaction: staff, in the login server
+    administrators' group, with a confirmed authenticator of the given base32 secret (a new
+    random one without it). No keys: the login server holds no messages.
+
+    Raises UsernameRejected, ValidationError for a weak password, or CodeRejected for a
+    secret that is not base32 of at least 80 bits.
+    """
+    try:
+        validate_username(username)
+    except ValidationError as exc:
+        raise UsernameRejected(" ".join(exc.messages)) from None
+    user = User(username=username)
+    validate_password(password, user)
+    user.set_password(password)
+    secret = totp_secret_b32 or base64.b32encode(secrets.token_bytes(20)).decode("ascii")
+    with transaction.atomic():
+        user.save()
+        Profile.objects.create(user=user, full_name=full_name)
+        roles.make_administrator(user=user, role=roles.LOGIN_SERVER_ADMINISTRATORS)
+        device = twofactor.add_totp_device(user=user, secret_b32=secret)
+    logger.info("login server administrator created", extra={"user_id": user.pk})
+    return user, device
 
 
 def complete_person(*, user: User) -> None:

@@ -23,7 +23,7 @@ class NodeAdmin(admin.ModelAdmin):
     def fingerprint(self, obj: Node) -> str:
         return protocol.fingerprint(bytes(obj.sign_key))
 
-    @admin.action(description="Revoke the selected nodes")
+    @admin.action(description="Revoke the selected nodes", permissions=("change",))
     def revoke(self, request, queryset):
         for node in queryset.filter(active=True):
             services.revoke_node(name=node.name)

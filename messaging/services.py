@@ -25,12 +25,14 @@ from django.db.models import F
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
+from accounts import services as account_services
 from accounts.keys import box_key_for, signing_key_for
 from accounts.models import User, UserKeys
 from p2psocial import redis_client
 from peers import protocol
 from peers.auth import KnownNode, write_transaction
 from peers.models import DirectoryUser, PeerNode
+from peers.services import request_presence_report
 
 from . import errors, queries
 from .models import DestinationState, Message, Outbox, ReceivedEnvelope
@@ -262,6 +264,18 @@ def reseal_outbox(*, sender: User) -> int:
             schedule_delivery(node)
     logger.info("outbox resealed", extra={"user_id": sender.pk, "rows": len(resealed)})
     return len(resealed)
+
+
+def rotate_person_keys(*, user: User) -> tuple[UserKeys, int]:
+    """New keys for a person, their waiting messages sealed again with them (receivers
+    accept only the new signature), then a presence report that publishes them. For the
+    admin's action and `manage.py rotate_user_keys`. Returns the keys and how many waiting
+    messages were sealed again."""
+    with transaction.atomic():  # new keys and resealed messages, or neither
+        keys = account_services.rotate_keys(user=user)
+        resealed = reseal_outbox(sender=user)
+    request_presence_report()
+    return keys, resealed
 
 
 def _reseal(rows, *, now) -> list[Outbox]:

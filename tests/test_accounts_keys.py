@@ -102,7 +102,7 @@ def test_create_person_prints_what_it_made(node_dir):
         node_dir, "create_person", "dave", "--password", "another long passphrase", "--staff"
     ).stdout
     assert "created person dave" in out
-    assert "[staff]" in out
+    assert "[office administrator]" in out
     assert "set up at first login" in out
 
 

@@ -32,3 +32,18 @@ def logged_in(client: Client, username: str, secret: str, step: int | None = Non
     response = client.post("/login/code/", {"code": code_at_step(secret, step or step_now())})
     assert response.status_code == 302, response.content
     return client
+
+
+def admin_logged_in(client: Client, username: str, secret: str) -> Client:
+    """client logged in to the admin site: password and an authenticator code, one form."""
+    response = client.post(
+        "/admin/login/?next=/admin/",
+        {
+            "username": username,
+            "password": DEFAULT_PASSWORD,
+            "otp_token": code_at_step(secret, step_now()),
+            "next": "/admin/",
+        },
+    )
+    assert response.status_code == 302, response.content
+    return client

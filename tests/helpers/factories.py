@@ -6,7 +6,7 @@ import itertools
 
 import pyotp
 
-from accounts import services, twofactor
+from accounts import roles, services, twofactor
 from accounts.models import User
 
 DEFAULT_PASSWORD = "correct horse battery staple"
@@ -47,3 +47,12 @@ def make_person(
 def code_at_step(secret: str, step: int) -> str:
     """The 6-digit code of a given 30-second time step, by pyotp (independent of django-otp)."""
     return pyotp.TOTP(secret).at(step * 30)
+
+
+def make_office_administrator(username: str | None = None) -> tuple[User, str]:
+    """A person made an office administrator as `create_person --admin` does (not a
+    superuser), with an authenticator. Returns (user, base32 secret)."""
+    user, secret = make_person(username)
+    roles.make_administrator(user=user, role=roles.OFFICE_ADMINISTRATORS)
+    assert secret is not None
+    return user, secret

@@ -1,18 +1,17 @@
-"""manage.py create_person USERNAME [--full-name ..] [--position ..] [--staff]
+"""manage.py create_person USERNAME [--full-name ..] [--position ..] [--admin]
 [--password-stdin | --password P] [--totp-secret BASE32] [--location ..] [--description ..]
 [--picture FILE]"""
 
 from __future__ import annotations
 
-import secrets
-import sys
-
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from accounts import services, twofactor
+from accounts import roles, services, twofactor
 from accounts.errors import CodeRejected, PictureRejected, UsernameRejected
+from accounts.management.passwords import add_password_options, password_from
 from accounts.models import User
 from peers.protocol import fingerprint
 
@@ -27,14 +26,15 @@ class Command(BaseCommand):
         parser.add_argument("username")
         parser.add_argument("--full-name", default="")
         parser.add_argument("--position", default="")
-        parser.add_argument("--staff", action="store_true", help="may use the admin site")
-        group = parser.add_mutually_exclusive_group()
-        group.add_argument(
-            "--password-stdin", action="store_true", help="read the password from stdin"
+        parser.add_argument(
+            "--admin",
+            "--staff",
+            dest="admin",
+            action="store_true",
+            help="an office administrator: the admin site, to manage this office's people and "
+            "watch deliveries (never message content). --staff is the same.",
         )
-        group.add_argument(
-            "--password", help="the password (visible in the process list; prefer stdin)"
-        )
+        add_password_options(parser)
         parser.add_argument(
             "--totp-secret", help="base32 authenticator secret to install, confirmed"
         )
@@ -45,18 +45,15 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options) -> None:
+        if settings.IS_LOGIN_SERVER:
+            raise CommandError(
+                "create_person is for office nodes; the login server holds no people, only "
+                "its administrators: manage.py create_admin USERNAME"
+            )
         username = options["username"]
         if User.objects.filter(username=username).exists():
             raise CommandError(f"a person named {username!r} already exists")
-        generated = False
-        if options["password_stdin"]:
-            password = sys.stdin.readline().rstrip("\r\n")
-            if not password:
-                raise CommandError("no password on stdin")
-        elif options["password"]:
-            password = options["password"]
-        else:
-            password, generated = secrets.token_urlsafe(15), True
+        password, generated = password_from(options)
         try:
             with transaction.atomic():
                 user = services.create_person(
@@ -64,8 +61,9 @@ class Command(BaseCommand):
                     password=password,
                     full_name=options["full_name"],
                     position=options["position"],
-                    is_staff=options["staff"],
                 )
+                if options["admin"]:
+                    roles.make_administrator(user=user, role=roles.OFFICE_ADMINISTRATORS)
                 if options["totp_secret"]:
                     twofactor.add_totp_device(user=user, secret_b32=options["totp_secret"])
                 if options["picture"] or options["location"] or options["description"]:
@@ -81,7 +79,8 @@ class Command(BaseCommand):
         except CodeRejected as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(
-            f"created person {user.username} (id {user.pk})" + (" [staff]" if user.is_staff else "")
+            f"created person {user.username} (id {user.pk})"
+            + (" [office administrator]" if options["admin"] else "")
         )
         self.stdout.write(f"signing key fingerprint: {fingerprint(bytes(user.keys.sign_public))}")
         if options["totp_secret"]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 
-from accounts import services
 from accounts.models import User
+from messaging.services import rotate_person_keys
 from peers.protocol import fingerprint
 
 
@@ -25,13 +24,7 @@ class Command(BaseCommand):
         if user is None:
             raise CommandError(f"there is nobody called {username!r} on this node")
         old = fingerprint(bytes(user.keys.sign_public))
-        from messaging.services import reseal_outbox
-        from peers.services import request_presence_report
-
-        with transaction.atomic():  # new keys and resealed messages, or neither
-            keys = services.rotate_keys(user=user)
-            resealed = reseal_outbox(sender=user)
-        request_presence_report()
+        keys, resealed = rotate_person_keys(user=user)
         self.stdout.write(f"old signing key fingerprint: {old}")
         self.stdout.write(f"new signing key fingerprint: {fingerprint(bytes(keys.sign_public))}")
         self.stdout.write(f"waiting messages sealed again with the new keys: {resealed}")
