@@ -20,11 +20,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+
+from . import workerstate
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -33,8 +35,41 @@ READY_TIMEOUT_S = 60.0
 WORKER_ENV = {"P2P_DB_CONN_MAX_AGE_S": "60"}
 
 
+# Supervision: a process that exited is started again after a delay that doubles from
+# RESTART_DELAY_MIN_S to RESTART_DELAY_MAX_S while it keeps dying within STABLE_AFTER_S.
+RESTART_DELAY_MIN_S = 1.0
+RESTART_DELAY_MAX_S = 30.0
+STABLE_AFTER_S = 60.0
+LOG_TAIL_LINES = 25
+
+
 class DevnetError(RuntimeError):
     pass
+
+
+class PortInUse(DevnetError):
+    """A port the network was told to use is taken by another program."""
+
+
+def exit_reason(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 _CSRF = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
@@ -46,6 +81,11 @@ def csrf_token(html: str) -> str:
     if not match:
         raise DevnetError("no CSRF token in the page")
     return match.group(1)
+
+
+def new_totp_secret() -> str:
+    """A random authenticator secret, base32 as authenticator apps take it."""
+    return base64.b32encode(secrets.token_bytes(20)).decode()
 
 
 def free_port() -> int:
@@ -104,8 +144,14 @@ class Process:
     cwd: Path = BASE_DIR
     popen: subprocess.Popen | None = None
     log_offset: int = 0
+    started_at: float = 0.0  # time.monotonic() of the last start
+    restarts: int = 0  # by the supervisor
+    quick_exits: int = 0  # exits within STABLE_AFTER_S of a start, in a row
+    restart_at: float | None = None  # when the supervisor starts it again
 
     def start(self) -> None:
+        self.started_at = time.monotonic()
+        self.restart_at = None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # Logs are appended across runs: readiness is judged on this run's lines only.
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -149,6 +195,29 @@ class Process:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
         self.popen = None
+
+    @property
+    def exited(self) -> bool:
+        """Started, not stopped on purpose, and no longer running."""
+        return self.popen is not None and self.popen.poll() is not None
+
+    def kill_leftovers(self) -> None:
+        """SIGKILL whatever the exited leader left in its process group."""
+        if self.popen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines this process logged since it was last started."""
+        return "\n".join(self.log_text().rstrip().splitlines()[-lines:])
+
+    def exit_report(self, when: str, *, lines: int = LOG_TAIL_LINES) -> str:
+        """Which process exited, how, and the last lines of its log: what to look at first."""
+        code = self.popen.poll() if self.popen is not None else None
+        return (
+            f"{self.name} exited {when} ({exit_reason(code)}). "
+            f"The last lines of {self.log_path}:\n{self.log_tail(lines)}"
+        )
 
     def log_text(self) -> str:
         """What this process logged since it was last started."""
@@ -249,7 +318,9 @@ class Server:
         def answers() -> bool:
             proc = self.processes.get("web")
             if proc is None or not proc.alive:
-                raise DevnetError(f"{self.name} web exited:\n{proc.log_text() if proc else ''}")
+                raise DevnetError(
+                    proc.exit_report("while starting") if proc else f"{self.name} web stopped"
+                )
             try:
                 requests.get(self.url + "/health", timeout=2)
             except requests.RequestException:
@@ -282,7 +353,7 @@ class Server:
 
         def ready() -> bool:
             if not proc.alive:
-                raise DevnetError(f"{self.name} worker exited:\n{proc.log_text()}")
+                raise DevnetError(proc.exit_report("while starting"))
             return " ready." in proc.log_text()
 
         wait_until(ready, timeout=READY_TIMEOUT_S, message=f"{self.name} worker ready")
@@ -313,6 +384,106 @@ class Server:
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes.values() if p.alive and p.pid]
+
+    # --- what the supervisor and the readiness wait read --------------------------------
+    @property
+    def celery_queue(self) -> str:
+        return self.env.get("P2P_CELERY_QUEUE") or workerstate.default_queue(self.role, self.name)
+
+    @property
+    def worker_stall_after_s(self) -> float:
+        interval = float(self.env.get("P2P_HEARTBEAT_INTERVAL_S") or 10.0)
+        return workerstate.stall_after_s(interval)
+
+    def health(self) -> dict | None:
+        """/health with its figures (the network's monitoring token), or None if no answer."""
+        token = self.env.get("P2P_HEALTH_TOKEN", "")
+        try:
+            answer = requests.get(
+                self.url + "/health", headers={"Authorization": f"Bearer {token}"}, timeout=5
+            )
+            return answer.json()
+        except (requests.RequestException, ValueError):
+            return None
+
+
+def readiness_problems(
+    figures: Mapping[str, Mapping | None], people: Mapping[str, int], *, login_server: str
+) -> list[str]:
+    """What still keeps a started network from being usable; empty when it is ready.
+
+    figures: /health answers by server name (None when it did not answer); people: how
+    many people each node has. Ready means every server answers, every node's worker has
+    a heartbeat, and every node's directory lists everyone of every other node. Only
+    beat fetches the directory, so that last check also proves beat and the worker run on
+    the listing node, and that the listed node has reported its people.
+    """
+    problems = []
+    login = figures.get(login_server)
+    if not login or login.get("status") != "ok":
+        problems.append("the login server does not answer /health yet")
+    for name in people:
+        health = figures.get(name)
+        if not health:
+            problems.append(f"{name} does not answer /health yet")
+            continue
+        if health.get("worker_heartbeat_age_s") is None:
+            problems.append(f"{name}'s worker has not reported a heartbeat yet")
+        listed = health.get("directory_people") or {}
+        for other, count in people.items():
+            if other != name and listed.get(other, 0) < count:
+                problems.append(
+                    f"{name}'s directory lists {listed.get(other, 0)} of {count} people of {other}"
+                )
+    return problems
+
+
+class TotpCodes:
+    """Authenticator codes as a person's app shows them, each time step used once: the
+    server accepts a code only once, so a second login waits for the next step."""
+
+    def __init__(self) -> None:
+        self._used_steps: dict[str, set[int]] = {}
+
+    def code(self, secret: str) -> str:
+        from django_otp.oath import TOTP
+
+        used = self._used_steps.setdefault(secret, set())
+        while True:
+            step = int(time.time() // 30)
+            for candidate in (step, step + 1):  # the server accepts one step of drift
+                if candidate not in used:
+                    used.add(candidate)
+                    totp = TOTP(base64.b32decode(secret))
+                    totp.time = candidate * 30
+                    return f"{totp.token():06d}"
+            wait_until(lambda s=step: int(time.time() // 30) > s, timeout=31,
+                       message="the next time step", interval=0.2)  # fmt: skip
+
+
+def login(base_url: str, username: str, password: str, code: str) -> requests.Session:
+    """Log in to a node over HTTP exactly as a browser does: password, then the code."""
+    session = requests.Session()
+    page = session.get(f"{base_url}/login/", timeout=10)
+    page.raise_for_status()
+    page = session.post(
+        f"{base_url}/login/",
+        data={"csrfmiddlewaretoken": csrf_token(page.text), "username": username,
+              "password": password},
+        timeout=10,
+    )  # fmt: skip
+    page.raise_for_status()
+    if "/login/code/" not in page.url:
+        raise DevnetError(f"the password step did not lead to the code page: {page.url}")
+    page = session.post(
+        f"{base_url}/login/code/",
+        data={"csrfmiddlewaretoken": csrf_token(page.text), "code": code},
+        timeout=10,
+    )
+    page.raise_for_status()
+    if "/login/" in page.url:
+        raise DevnetError(f"the code step was refused: {page.url}")
+    return session
 
 
 class Network:
@@ -349,7 +520,9 @@ class Network:
         self.redis_port = self.ports.get("redis") or free_port()
         self.login_server: Server | None = None
         self.nodes: dict[str, Server] = {}
-        self._used_steps: dict[str, set[int]] = {}
+        self.codes = TotpCodes()
+        # Lets the network read every server's /health figures (readiness, supervision).
+        self.health_token = secrets.token_urlsafe(24)
 
     # --- lifecycle ------------------------------------------------------------------
     def __enter__(self) -> Network:
@@ -368,7 +541,14 @@ class Network:
         base = self.external_redis or f"redis://127.0.0.1:{self.redis_port}"
         return f"{base.rstrip('/')}/{index}"
 
+    def check_ports(self) -> None:
+        """Fail early, naming the port, when a port this network was given is taken."""
+        taken = [f"{port} ({name})" for name, port in self.ports.items() if not port_is_free(port)]
+        if taken:
+            raise PortInUse(f"port {', '.join(taken)} is already in use")
+
     def start(self) -> None:
+        self.check_ports()
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.external_redis:
             self.start_redis()
@@ -405,7 +585,7 @@ class Network:
 
         def pong() -> bool:
             if not self.redis.alive:
-                raise DevnetError(f"redis exited:\n{self.redis.log_text()}")
+                raise DevnetError(self.redis.exit_report("while starting"))
             try:
                 with socket.create_connection(("127.0.0.1", self.redis_port), timeout=1) as s:
                     s.sendall(b"PING\r\n")
@@ -416,7 +596,7 @@ class Network:
         wait_until(pong, timeout=READY_TIMEOUT_S, message="redis to answer")
 
     def _server(self, role: str, name: str, *, index: int) -> Server:
-        extra = dict(self.settings)
+        extra = {"P2P_HEALTH_TOKEN": self.health_token, **self.settings}
         extra.update(self.node_settings.get(name, {}))
         return Server(
             role=role,
@@ -455,66 +635,77 @@ class Network:
         *,
         full_name: str = "",
         position: str = "",
-        staff: bool = False,
+        admin: bool = False,
         **profile: str,
     ) -> str:
         """Create a person with a confirmed authenticator (documented command); returns its
-        base32 secret. profile: location, description, picture (a file path)."""
-        secret = base64.b32encode(secrets.token_bytes(20)).decode()
+        base32 secret. admin: also an office administrator. profile: location, description,
+        picture (a file path)."""
+        secret = new_totp_secret()
         args = ["create_person", username, "--password-stdin", "--totp-secret", secret]
         args += ["--full-name", full_name or username.title(), "--position", position]
         for option, value in profile.items():
             args += [f"--{option.replace('_', '-')}", str(value)]
-        if staff:
-            args.append("--staff")
+        if admin:
+            args.append("--admin")
         self.node(node).manage(*args, input=password + "\n")
         return secret
 
-    def totp_code(self, secret: str) -> str:
-        """A code for a time step this secret has not used yet (a code works only once)."""
-        from django_otp.oath import TOTP
+    def create_login_server_admin(self, username: str, password: str, *, full_name: str) -> str:
+        """Create the login server's administrator (documented command); returns its secret."""
+        assert self.login_server is not None
+        secret = new_totp_secret()
+        self.login_server.manage(
+            "create_admin", username, "--password-stdin", "--totp-secret", secret,
+            "--full-name", full_name, input=password + "\n",
+        )  # fmt: skip
+        return secret
 
-        used = self._used_steps.setdefault(secret, set())
-        while True:
-            step = int(time.time() // 30)
-            for candidate in (step, step + 1):  # the server accepts one step of drift
-                if candidate not in used:
-                    used.add(candidate)
-                    totp = TOTP(base64.b32decode(secret))
-                    totp.time = candidate * 30
-                    return f"{totp.token():06d}"
-            wait_until(lambda s=step: int(time.time() // 30) > s, timeout=31,
-                       message="the next time step", interval=0.2)  # fmt: skip
+    def totp_code(self, secret: str) -> str:
+        return self.codes.code(secret)
 
     def login(self, node: str, username: str, password: str, secret: str) -> requests.Session:
         """Log in over HTTP exactly as a browser does: password, then the 6-digit code."""
-        base = self.node(node).url
-        session = requests.Session()
-        page = session.get(f"{base}/login/", timeout=10)
-        page.raise_for_status()
-        page = session.post(
-            f"{base}/login/",
-            data={"csrfmiddlewaretoken": csrf_token(page.text), "username": username,
-                  "password": password},
-            timeout=10,
-        )  # fmt: skip
-        page.raise_for_status()
-        if "/login/code/" not in page.url:
-            raise DevnetError(f"the password step did not lead to the code page: {page.url}")
-        page = session.post(
-            f"{base}/login/code/",
-            data={"csrfmiddlewaretoken": csrf_token(page.text), "code": self.totp_code(secret)},
-            timeout=10,
-        )
-        page.raise_for_status()
-        if "/login/" in page.url:
-            raise DevnetError(f"the code step was refused: {page.url}")
-        return session
+        return login(self.node(node).url, username, password, self.totp_code(secret))
 
     def all_servers(self) -> Iterator[Server]:
         yield from self.nodes.values()
         if self.login_server:
             yield self.login_server
+
+    def processes(self) -> Iterator[Process]:
+        """Every process this network started: Redis, then each server's."""
+        if self.redis is not None:
+            yield self.redis
+        for server in self.all_servers():
+            yield from server.processes.values()
+
+    def readiness_problems(self, people: Mapping[str, int]) -> list[str]:
+        assert self.login_server is not None
+        figures = {server.name: server.health() for server in self.all_servers()}
+        return readiness_problems(figures, people, login_server=self.login_server.name)
+
+    def wait_ready(
+        self,
+        people: Mapping[str, int],
+        *,
+        timeout: float = READY_TIMEOUT_S,
+        interval: float = 0.5,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """Wait until readiness_problems() is empty; DevnetError says what is still missing."""
+        problems: list[str] = []
+        deadline = time.monotonic() + timeout
+        while not stop():
+            for proc in self.processes():
+                if proc.exited:
+                    raise DevnetError(proc.exit_report("while the network was starting"))
+            problems = self.readiness_problems(people)
+            if not problems:
+                return
+            if time.monotonic() > deadline:
+                raise DevnetError(f"not ready after {timeout:.0f} s: " + "; ".join(problems))
+            time.sleep(interval)
 
     def flush_redis(self) -> None:
         import redis
@@ -535,3 +726,75 @@ class Network:
             self.login_server.stop()
         if self.redis:
             self.redis.stop()
+
+
+class Supervisor:
+    """Keeps a network's processes running, as systemd's Restart=always does in production.
+
+    Each call to check() restarts, after a backoff, every process that exited by itself
+    (one stopped on purpose through stop() is left alone), and restarts a node's worker
+    that is alive but stalled: its heartbeat is older than six heartbeat intervals while
+    tasks wait in its queue. Every action is reported as one line.
+    """
+
+    def __init__(
+        self,
+        net: Network,
+        report: Callable[[str], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.net = net
+        self.report = report
+        self.clock = clock
+
+    def check(self) -> None:
+        for proc in list(self.net.processes()):
+            if proc.exited:
+                self._restart_exited(proc)
+        for node in list(self.net.nodes.values()):
+            self._check_worker(node)
+
+    def _restart_exited(self, proc: Process) -> None:
+        now = self.clock()
+        if proc.restart_at is None:
+            proc.quick_exits = proc.quick_exits + 1 if now - proc.started_at < STABLE_AFTER_S else 1
+            delay = min(RESTART_DELAY_MAX_S, RESTART_DELAY_MIN_S * 2 ** (proc.quick_exits - 1))
+            proc.restart_at = now + delay
+            self.report(
+                proc.exit_report("unexpectedly", lines=10)
+                + f"\nRestarting {proc.name} in {delay:.0f} s."
+            )
+            return
+        if now >= proc.restart_at:
+            proc.kill_leftovers()
+            proc.start()
+            proc.restarts += 1
+            self.report(f"{proc.name} restarted (pid {proc.pid}, restart {proc.restarts}).")
+
+    def _check_worker(self, node: Server) -> None:
+        import redis
+
+        proc = node.processes.get("worker")
+        stall_after = node.worker_stall_after_s
+        if proc is None or not proc.alive or self.clock() - proc.started_at < stall_after:
+            return
+        try:
+            client = redis.Redis.from_url(node.redis_url, socket_timeout=2)
+            with client:
+                beat = client.get(workerstate.heartbeat_key(node.celery_queue))
+                queued = client.llen(node.celery_queue)
+        except redis.RedisError:
+            return  # Redis down: its own process is supervised, the worker is not to blame
+        age = workerstate.heartbeat_age_s(beat, now=time.time())
+        if not workerstate.worker_stalled(age_s=age, queued=queued, stall_after=stall_after):
+            return
+        heartbeat = "no heartbeat" if age is None else f"last heartbeat {age:.0f} s ago"
+        self.report(
+            f"{proc.name} is alive but not consuming ({heartbeat}, {queued} task(s) queued); "
+            "killing it to restart."
+        )
+        proc.stop(kill=True, timeout=10)
+        proc.start()
+        proc.restarts += 1
+        self.report(f"{proc.name} restarted (pid {proc.pid}, restart {proc.restarts}).")

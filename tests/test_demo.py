@@ -1,117 +1,259 @@
-"""The demo command itself: it starts a network, people can log in and talk, Ctrl-C ends it."""
+"""The demo command itself, run as README says, in the runtime virtualenv (requirements.txt
+alone): it is ready when it says so, people log in and talk, its administrators administer,
+it rides out a dead Redis and a killed worker, and Ctrl-C ends every process it started.
+
+One demo serves the whole module; the tests run in file order and the last one stops it.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import psutil
-import pyotp
 import pytest
 import requests
 
-from tests.network import csrf_token, wait_for
+from p2psocial.devnet import TotpCodes, csrf_token, login
+from tests.helpers.browser import launch_chromium
+from tests.helpers.runtime import runtime_python, runtime_venv
+from tests.helpers.wait import wait_for
 
 pytestmark = pytest.mark.demo
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+READY_LINE = "p2psocial demo is ready. Ctrl-C stops it."
 
 
-def healthy(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/health", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
+class Demo:
+    """`bin/demo` in a process of its own, its output collected line by line."""
 
+    def __init__(self, data: Path):
+        self.data = data
+        self.lines: list[str] = []
+        self.codes = TotpCodes()
+        runtime_python()  # built (or found) before the clock of the readiness wait starts
+        port_base = random.randrange(20000, 40000, 10)
+        self.process = subprocess.Popen(
+            ["bash", str(BASE_DIR / "bin" / "demo"), "--data", str(data),
+             "--port-base", str(port_base), "--no-qr"],
+            cwd=BASE_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "P2P_VENV": str(runtime_venv())},
+        )  # fmt: skip
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.children: list[psutil.Process] = []
+        self.facts: dict = {}
 
-def login(base: str, username: str, password: str, secret: str) -> requests.Session:
-    session = requests.Session()
-    page = session.get(f"{base}/login/", timeout=10)
-    page = session.post(
-        f"{base}/login/",
-        data={"csrfmiddlewaretoken": csrf_token(page.text), "username": username,
-              "password": password},
-        timeout=10,
-    )  # fmt: skip
-    assert "/login/code/" in page.url
-    page = session.post(
-        f"{base}/login/code/",
-        data={"csrfmiddlewaretoken": csrf_token(page.text), "code": pyotp.TOTP(secret).now()},
-        timeout=10,
-    )
-    assert page.status_code == 200 and "/login" not in page.url, page.url
-    return session
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
 
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
 
-def test_the_demo_runs_a_network_where_people_log_in_and_talk_and_ctrl_c_stops_it(tmp_path):
-    port_base = random.randrange(20000, 40000, 10)
-    data = tmp_path / "demo"
-    demo = subprocess.Popen(
-        ["bash", str(BASE_DIR / "bin" / "demo"), "--data", str(data),
-         "--port-base", str(port_base), "--no-qr"],
-        cwd=BASE_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    children: list[psutil.Process] = []
-    try:
-        facts_file = data / "demo.json"
-        wait_for(lambda: facts_file.exists() or demo.poll() is not None, timeout=180,
-                 message="the demo writes demo.json")  # fmt: skip
-        assert demo.poll() is None, demo.stdout.read()
-        facts = json.loads(facts_file.read_text())
-        urls = [facts["login_server"]["url"]] + [n["url"] for n in facts["nodes"].values()]
-        wait_for(lambda: all(healthy(u) for u in urls), timeout=90,
-                 message="every server answers /health with 200")  # fmt: skip
-        children = psutil.Process(demo.pid).children(recursive=True)
-        assert len(children) >= 8  # redis, login web, and web + worker + beat per node
+    def wait_ready(self) -> None:
+        wait_for(lambda: any(READY_LINE in line for line in self.lines)
+                 or self.process.poll() is not None, timeout=300,
+                 message="the demo says it is ready")  # fmt: skip
+        assert self.process.poll() is None, self.output
+        self.facts = json.loads((self.data / "demo.json").read_text())
+        self.children = psutil.Process(self.process.pid).children(recursive=True)
 
-        people = {p["username"]: p for p in facts["people"]}
-        alice, carol = people["alice"], people["carol"]
-        assert alice["node"] == "hq" and carol["node"] == "branch"
-        assert alice["otpauth_uri"].startswith("otpauth://totp/")
-        hq = facts["nodes"]["hq"]["url"]
-        session = login(hq, "alice", alice["password"], alice["totp_secret"])
+    def url(self, server: str) -> str:
+        if server == "login":
+            return self.facts["login_server"]["url"]
+        return self.facts["nodes"][server]["url"]
 
-        picture = session.get(f"{hq}/people/bob/picture", timeout=10)
-        assert picture.status_code == 200
-        assert picture.headers["Content-Type"].startswith("image/")
+    def person(self, username: str) -> dict:
+        return next(p for p in self.facts["people"] + self.facts["admins"]
+                    if p["username"] == username)  # fmt: skip
 
-        chat = f"{hq}/chat/carol/"
-        wait_for(lambda: session.get(chat, timeout=10).status_code == 200, timeout=60,
-                 message="hq's directory lists carol")  # fmt: skip
-        text = "Hello from HQ 👋"
-        page = session.get(chat, timeout=10)
-        sent = session.post(chat, data={"csrfmiddlewaretoken": csrf_token(page.text),
-                                        "text": text}, timeout=10)  # fmt: skip
-        assert sent.status_code == 200
+    def login(self, username: str) -> requests.Session:
+        who = self.person(username)
+        code = self.codes.code(who["totp_secret"])
+        return login(self.url(who["node"]), username, who["password"], code)
 
-        def status() -> str | None:
-            answer = session.get(f"{chat}messages.json?after=0", timeout=10).json()
-            for message in answer["messages"]:
-                if message["text"] == text:
-                    return answer["statuses"].get(str(message["id"]), message["status"])
-            return None
+    def child(self, *words: str) -> psutil.Process:
+        """The one process of the demo whose command line has all these words."""
+        found = []
+        for proc in psutil.Process(self.process.pid).children(recursive=True):
+            try:
+                cmdline = " ".join(proc.cmdline())
+            except psutil.NoSuchProcess:
+                continue
+            if all(word in cmdline for word in words):
+                found.append(proc)
+        assert len(found) == 1, [p.cmdline() for p in found]
+        return found[0]
 
-        wait_for(lambda: status() in {"delivered", "read"}, timeout=60,
-                 message="alice sees her message delivered to carol")  # fmt: skip
-    finally:
-        if demo.poll() is None:
-            demo.send_signal(signal.SIGINT)
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
         try:
-            output, _ = demo.communicate(timeout=90)
+            self.process.wait(timeout=90)
         except subprocess.TimeoutExpired:
-            demo.kill()
-            output, _ = demo.communicate()
-            for child in children:
+            self.process.kill()
+            for child in psutil.Process(self.process.pid).children(recursive=True):
                 child.kill()
             raise
+        finally:
+            self._reader.join(timeout=10)
+        return self.process.returncode
 
-    assert demo.returncode == 0, output
-    assert "stopped." in output
-    assert "carol" in output and "otpauth://" in output
-    assert children, output
-    left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-    assert left == [], [c.cmdline() for c in left]
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    demo = Demo(tmp_path_factory.mktemp("demo") / "data")
+    try:
+        demo.wait_ready()
+        yield demo
+    finally:
+        if demo.process.poll() is None:
+            demo.stop()
+        for child in demo.children:
+            if child.is_running():
+                child.kill()
+
+
+def send(session: requests.Session, chat_url: str, text: str) -> None:
+    page = session.get(chat_url, timeout=10)
+    assert page.status_code == 200, page.text[:300]
+    sent = session.post(chat_url, data={"csrfmiddlewaretoken": csrf_token(page.text),
+                                        "text": text}, timeout=10)  # fmt: skip
+    assert sent.status_code == 200
+
+
+def conversation(session: requests.Session, chat_url: str) -> list[dict]:
+    """Every message of the conversation, each with the status its owner sees."""
+    answer = session.get(f"{chat_url}messages.json?after=0", timeout=10).json()
+    return [
+        {**m, "status": answer["statuses"].get(str(m["id"]), m["status"])}
+        for m in answer["messages"]
+    ]
+
+
+def test_it_says_ready_only_when_each_office_lists_the_others_people(demo):
+    ready_at = next(i for i, line in enumerate(demo.lines) if READY_LINE in line)
+    table_at = next(i for i, line in enumerate(demo.lines) if "carol (on branch" in line)
+    assert table_at < ready_at
+    assert len(demo.children) >= 8  # redis, login web, and web + worker + beat per node
+    admins = {a["username"]: a for a in demo.facts["admins"]}
+    assert admins["hq-it"]["role"] == "office administrator"
+    assert admins["netadmin"]["role"] == "login server administrator"
+    assert all(a["otpauth_uri"].startswith("otpauth://totp/") for a in admins.values())
+    assert "netadmin" in demo.output and "/admin/" in demo.output
+
+    # Right away, no waiting: alice's office already knows carol's and dave's.
+    session = demo.login("alice")
+    users = session.get(f"{demo.url('hq')}/users/", timeout=10).text
+    assert "Carol Nguyễn" in users and "Dávid Kovács" in users
+
+
+def test_a_person_logs_in_and_a_message_crosses_to_the_other_office(demo):
+    alice = demo.login("alice")
+    picture = alice.get(f"{demo.url('hq')}/people/bob/picture", timeout=10)
+    assert picture.status_code == 200
+    assert picture.headers["Content-Type"].startswith("image/")
+
+    text = "Hello from HQ 👋"
+    send(alice, f"{demo.url('hq')}/chat/carol/", text)
+    wait_for(lambda: [m["status"] for m in conversation(alice, f"{demo.url('hq')}/chat/carol/")
+                      if m["text"] == text] in (["delivered"], ["read"]),
+             timeout=60, message="alice sees her message delivered to carol")  # fmt: skip
+
+    carol = demo.login("carol")
+    received = conversation(carol, f"{demo.url('branch')}/chat/alice/")
+    assert [m["text"] for m in received] == [text]
+
+
+def admin_login(page, base: str, who: dict, code: str) -> None:
+    page.goto(f"{base}/admin/login/?next=/admin/")
+    page.fill("input[name=username]", who["username"])
+    page.fill("input[name=password]", who["password"])
+    page.fill("input[name=otp_token]", code)
+    page.click("input[type=submit]")
+    page.wait_for_load_state()
+
+
+def test_the_administrators_open_their_admin_pages_in_chromium(demo):
+    hq, login_server = demo.url("hq"), demo.url("login")
+    with launch_chromium() as browser:
+        page = browser.new_page()
+        office_admin = demo.person("hq-it")
+        admin_login(page, hq, office_admin, demo.codes.code(office_admin["totp_secret"]))
+        assert page.url.endswith("/admin/"), page.content()[:500]
+        for path, heading in [
+            ("/admin/accounts/user/", "alice"),
+            ("/admin/messaging/outbox/", "outbox"),
+            ("/admin/peers/peernode/", "branch"),
+            ("/admin/health/", "worker_heartbeat_age_s"),
+        ]:
+            response = page.goto(hq + path)
+            assert response.status == 200, path
+            assert heading in page.content(), path
+
+        page = browser.new_page()
+        network_admin = demo.person("netadmin")
+        admin_login(page, login_server, network_admin,
+                    demo.codes.code(network_admin["totp_secret"]))  # fmt: skip
+        assert page.url.endswith("/admin/"), page.content()[:500]
+        for path, heading in [
+            ("/admin/loginserver/node/", "branch"),
+            ("/admin/loginserver/enrolmenttoken/", "enrolment token"),
+            ("/admin/loginserver/enrolmenttoken/add/", "Node name"),
+        ]:
+            response = page.goto(login_server + path)
+            assert response.status == 200, path
+            assert heading in page.content(), path
+
+        page = browser.new_page()
+        bob = demo.person("bob")
+        admin_login(page, hq, bob, demo.codes.code(bob["totp_secret"]))
+        assert "/admin/login/" in page.url
+        assert "staff account" in page.content()
+        assert page.goto(f"{hq}/admin/accounts/user/").url.startswith(f"{hq}/admin/login/")
+
+
+def test_messages_survive_a_killed_redis_and_a_killed_worker_and_arrive_once(demo):
+    bob = demo.login("bob")
+    chat = f"{demo.url('hq')}/chat/dave/"
+    texts = [f"fault run {i} ✓" for i in range(30)]
+    for text in texts:
+        send(bob, chat, text)
+    # While those deliveries are queued or in flight, Redis and hq's worker die.
+    demo.child("redis-server").kill()
+    demo.child("celery", "worker", "--hostname hq@").kill()
+
+    wait_for(lambda: "redis restarted" in demo.output and "hq-worker restarted" in demo.output,
+             timeout=90, message="the demo restarts Redis and hq's worker")  # fmt: skip
+    assert "redis exited unexpectedly (signal SIGKILL)" in demo.output
+    assert "hq-worker exited unexpectedly (signal SIGKILL)" in demo.output
+
+    def delivered() -> bool:
+        mine = [m for m in conversation(bob, chat) if m["text"] in texts]
+        return len(mine) == len(texts) and all(m["status"] == "delivered" for m in mine)
+
+    wait_for(delivered, timeout=180, interval=1, message="every message shows delivered")
+    dave = demo.login("dave")
+    received = [m["text"] for m in conversation(dave, f"{demo.url('branch')}/chat/bob/")]
+    assert sorted(received) == sorted(texts)  # each once: none lost, none twice
+
+
+def test_ctrl_c_stops_every_process_the_demo_started(demo):
+    children = psutil.Process(demo.process.pid).children(recursive=True)
+    assert len(children) >= 8
+    assert demo.stop() == 0, demo.output
+    assert demo.lines[-1].endswith("stopped."), demo.output
+
+    def gone() -> bool:
+        return not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+    wait_for(gone, timeout=10, message="no process of the demo is left")

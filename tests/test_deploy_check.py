@@ -1,4 +1,5 @@
-"""Production settings pass Django's deployment checks, for both roles."""
+"""Production settings pass Django's deployment checks, for both roles, in the runtime
+virtualenv (requirements.txt alone)."""
 
 import os
 import subprocess
@@ -6,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.runtime import runtime_python
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -29,7 +32,7 @@ def production_env(tmp_path: Path, role: str) -> dict:
 @pytest.mark.parametrize("role", ["node", "loginserver"])
 def test_it_passes_check_deploy_with_production_settings(tmp_path, role):
     result = subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        [runtime_python(), "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=BASE_DIR,
         env=production_env(tmp_path, role),
         capture_output=True,

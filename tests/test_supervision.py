@@ -1,0 +1,248 @@
+"""The devnet (demo, tests, bench) is ready only when it is usable, and keeps itself running.
+
+Readiness and supervision are driven here with real child processes and a real Redis;
+the whole demo is driven in tests/test_demo.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from django.core.management import CommandError, call_command
+
+from p2psocial import redis_client, workerstate
+from p2psocial.devnet import (
+    DevnetError,
+    Network,
+    Process,
+    Server,
+    Supervisor,
+    free_port,
+    readiness_problems,
+)
+from tests.helpers.redis import running_redis
+
+PEOPLE = {"hq": 3, "branch": 3}
+
+
+def healthy_node(**directory: int) -> dict:
+    return {"status": "ok", "worker_heartbeat_age_s": 1.0, "directory_people": directory}
+
+
+def all_healthy() -> dict:
+    return {
+        "login": {"status": "ok"},
+        "hq": healthy_node(hq=3, branch=3),
+        "branch": healthy_node(hq=3, branch=3),
+    }
+
+
+# --- readiness -----------------------------------------------------------------------------
+def test_a_network_whose_offices_list_each_other_is_ready():
+    assert readiness_problems(all_healthy(), PEOPLE, login_server="login") == []
+
+
+def test_it_is_not_ready_while_a_directory_lacks_people_of_the_other_office():
+    figures = all_healthy()
+    figures["hq"] = healthy_node(hq=3, branch=2)
+    problems = readiness_problems(figures, PEOPLE, login_server="login")
+    assert problems == ["hq's directory lists 2 of 3 people of branch"]
+
+
+def test_it_is_not_ready_before_a_worker_has_a_heartbeat_or_a_server_answers():
+    figures = all_healthy()
+    figures["branch"]["worker_heartbeat_age_s"] = None
+    figures["login"] = None
+    problems = readiness_problems(figures, PEOPLE, login_server="login")
+    assert problems == [
+        "the login server does not answer /health yet",
+        "branch's worker has not reported a heartbeat yet",
+    ]
+
+
+def test_wait_ready_keeps_waiting_and_then_says_what_is_missing(tmp_path):
+    net = Network(tmp_path)
+    asked = []
+
+    def still_missing(people):
+        asked.append(people)
+        return ["hq's directory lists 0 of 3 people of branch"]
+
+    net.readiness_problems = still_missing
+    with pytest.raises(DevnetError, match="hq's directory lists 0 of 3 people of branch"):
+        net.wait_ready(PEOPLE, timeout=0.3, interval=0.05)
+    assert len(asked) > 1 and asked[0] == PEOPLE
+
+
+def test_wait_ready_returns_once_the_directories_are_complete(tmp_path):
+    net = Network(tmp_path)
+    answers = iter([["hq's directory lists 2 of 3 people of branch"]] * 3 + [[]])
+    calls = []
+
+    def problems(people):
+        calls.append(1)
+        return next(answers)
+
+    net.readiness_problems = problems
+    net.wait_ready(PEOPLE, timeout=10, interval=0.01)
+    assert len(calls) == 4
+
+
+# --- supervision ---------------------------------------------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def python_process(server: Server, kind: str, code: str) -> Process:
+    proc = server._process(kind, [sys.executable, "-c", code])
+    proc.start()
+    return proc
+
+
+def login_server(tmp_path: Path) -> tuple[Network, Server]:
+    net = Network(tmp_path)
+    server = Server(
+        role="loginserver", name="login", data_dir=tmp_path / "login", port=free_port(),
+        redis_url="redis://127.0.0.1:9/0",
+    )  # fmt: skip
+    net.login_server = server
+    return net, server
+
+
+def test_a_process_that_exits_is_reported_with_its_log_and_restarted_after_a_backoff(tmp_path):
+    net, server = login_server(tmp_path)
+    proc = python_process(server, "web", "import sys; print('port already bound'); sys.exit(3)")
+    proc.popen.wait(timeout=10)
+    first_pid = proc.pid
+    clock, lines = Clock(), []
+    supervisor = Supervisor(net, lines.append, clock=clock)
+
+    supervisor.check()
+    assert len(lines) == 1
+    assert "login-web exited unexpectedly (exit code 3)" in lines[0]
+    assert "port already bound" in lines[0]
+    assert "Restarting login-web in 1 s" in lines[0]
+
+    supervisor.check()  # the backoff has not passed
+    assert len(lines) == 1 and proc.pid == first_pid
+
+    clock.now += 1
+    supervisor.check()
+    assert lines[1] == f"login-web restarted (pid {proc.pid}, restart 1)."
+    assert proc.pid != first_pid and proc.restarts == 1
+    proc.popen.wait(timeout=10)
+
+    supervisor.check()  # it died again at once: the next delay doubles
+    assert "Restarting login-web in 2 s" in lines[2]
+    proc.stop()
+
+
+def test_a_killed_process_is_named_with_its_signal(tmp_path):
+    net, server = login_server(tmp_path)
+    proc = python_process(server, "web", "import time; time.sleep(60)")
+    proc.popen.kill()
+    proc.popen.wait(timeout=10)
+    lines = []
+    Supervisor(net, lines.append).check()
+    assert "login-web exited unexpectedly (signal SIGKILL)" in lines[0]
+    proc.stop()
+
+
+def test_a_process_stopped_on_purpose_is_left_alone(tmp_path):
+    net, server = login_server(tmp_path)
+    proc = python_process(server, "web", "import time; time.sleep(60)")
+    proc.stop()
+    lines = []
+    Supervisor(net, lines.append).check()
+    assert lines == [] and not proc.alive
+
+
+def stalled_worker_network(tmp_path: Path, url: str) -> tuple[Network, Server, Process]:
+    net = Network(tmp_path)
+    node = Server(role="node", name="hq", data_dir=tmp_path / "hq", port=free_port(),
+                  redis_url=url, extra_env={"P2P_HEARTBEAT_INTERVAL_S": "2"})  # fmt: skip
+    net.nodes["hq"] = node
+    worker = python_process(node, "worker", "import time; time.sleep(60)")
+    worker.started_at -= 60  # past the grace period a fresh worker gets
+    return net, node, worker
+
+
+def test_a_worker_alive_but_not_consuming_while_tasks_wait_is_restarted(tmp_path):
+    with running_redis(tmp_path) as url:
+        net, node, worker = stalled_worker_network(tmp_path, url)
+        client = redis.Redis.from_url(url)
+        client.lpush(node.celery_queue, b"a delivery task")
+        client.set(workerstate.heartbeat_key(node.celery_queue), f"{time.time() - 30:.3f}")
+        first_pid, lines = worker.pid, []
+
+        Supervisor(net, lines.append).check()
+
+        assert lines[0] == (
+            "hq-worker is alive but not consuming (last heartbeat 30 s ago, 1 task(s) queued); "
+            "killing it to restart."
+        )
+        assert lines[1] == f"hq-worker restarted (pid {worker.pid}, restart 1)."
+        assert worker.alive and worker.pid != first_pid
+        worker.stop()
+
+
+@pytest.mark.parametrize("case", ["fresh heartbeat", "nothing queued"])
+def test_a_worker_with_a_fresh_heartbeat_or_an_empty_queue_is_left_alone(tmp_path, case):
+    with running_redis(tmp_path) as url:
+        net, node, worker = stalled_worker_network(tmp_path, url)
+        client = redis.Redis.from_url(url)
+        if case == "fresh heartbeat":
+            client.lpush(node.celery_queue, b"a delivery task")
+            client.set(workerstate.heartbeat_key(node.celery_queue), f"{time.time():.3f}")
+        first_pid, lines = worker.pid, []
+
+        Supervisor(net, lines.append).check()
+
+        assert lines == [] and worker.pid == first_pid
+        worker.stop()
+
+
+# --- the production watchdog: manage.py check_worker -------------------------------------
+@pytest.fixture
+def node_redis(tmp_path, settings):
+    with running_redis(tmp_path) as url:
+        settings.REDIS_URL = url
+        redis_client.get.cache_clear()
+        yield redis.Redis.from_url(url)
+    redis_client.get.cache_clear()
+
+
+def test_check_worker_passes_while_the_heartbeat_is_fresh(node_redis, settings, capsys):
+    node_redis.lpush(settings.CELERY_TASK_DEFAULT_QUEUE, b"task")
+    node_redis.set(redis_client.heartbeat_key(), f"{time.time():.3f}")
+    call_command("check_worker")
+    assert "worker ok: heartbeat 0 s ago, 1 task(s) queued" in capsys.readouterr().out
+
+
+def test_check_worker_fails_when_tasks_wait_and_no_heartbeat_comes(node_redis, settings, capsys):
+    node_redis.lpush(settings.CELERY_TASK_DEFAULT_QUEUE, b"task")
+    stale = time.time() - workerstate.stall_after_s(settings.HEARTBEAT_INTERVAL_S) - 5
+    node_redis.set(redis_client.heartbeat_key(), f"{stale:.3f}")
+    with pytest.raises(SystemExit) as failed:
+        call_command("check_worker")
+    assert failed.value.code == 1
+    assert "worker stalled" in capsys.readouterr().err
+
+
+def test_check_worker_says_so_when_redis_itself_is_down(settings):
+    settings.REDIS_URL = "redis://127.0.0.1:9/0"
+    redis_client.get.cache_clear()
+    try:
+        with pytest.raises(CommandError, match="Redis does not answer") as failed:
+            call_command("check_worker")
+        assert failed.value.returncode == 2
+    finally:
+        redis_client.get.cache_clear()
