@@ -242,10 +242,18 @@ class Server:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     worker_concurrency: int = 4
     web_workers: int = 1  # uvicorn processes (--workers); more than one shares the port
+    # The port peers and browsers use, when something (a fault proxy) sits in front.
+    public_port: int | None = None
     processes: dict[str, Process] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
+        """The public URL: what peers, the login server and browsers use."""
+        return f"http://127.0.0.1:{self.public_port or self.port}"
+
+    @property
+    def direct_url(self) -> str:
+        """The web process itself, bypassing anything in front of it."""
         return f"http://127.0.0.1:{self.port}"
 
     @property
@@ -322,7 +330,7 @@ class Server:
                     proc.exit_report("while starting") if proc else f"{self.name} web stopped"
                 )
             try:
-                requests.get(self.url + "/health", timeout=2)
+                requests.get(self.direct_url + "/health", timeout=2)
             except requests.RequestException:
                 return False
             return True
@@ -400,7 +408,9 @@ class Server:
         token = self.env.get("P2P_HEALTH_TOKEN", "")
         try:
             answer = requests.get(
-                self.url + "/health", headers={"Authorization": f"Bearer {token}"}, timeout=5
+                self.direct_url + "/health",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=5,
             )
             return answer.json()
         except (requests.RequestException, ValueError):
@@ -505,6 +515,7 @@ class Network:
         redis_url: str | None = None,  # an external Redis, "redis://host:port" without a db
         start_workers: bool = True,
         ports: Mapping[str, int] | None = None,
+        public_ports: Mapping[str, int] | None = None,
         login_server_web_workers: int = 1,
     ):
         self.root = Path(root).resolve()
@@ -515,6 +526,7 @@ class Network:
         self.external_redis = redis_url
         self.start_workers = start_workers
         self.ports = dict(ports or {})
+        self.public_ports = dict(public_ports or {})
         self.login_server_web_workers = login_server_web_workers
         self.redis: Process | None = None
         self.redis_port = self.ports.get("redis") or free_port()
@@ -603,6 +615,7 @@ class Network:
             name=name,
             data_dir=self.root / name,
             port=self.ports.get(name) or free_port(),
+            public_port=self.public_ports.get(name),
             redis_url=self.redis_url_for(index),
             database_url=self.database_url_for(name) if self.database_url_for else None,
             extra_env=extra,
@@ -784,10 +797,13 @@ class Supervisor:
             with client:
                 beat = client.get(workerstate.heartbeat_key(node.celery_queue))
                 queued = client.llen(node.celery_queue)
+                uptime = float(client.info("server").get("uptime_in_seconds", 0))
         except redis.RedisError:
             return  # Redis down: its own process is supervised, the worker is not to blame
         age = workerstate.heartbeat_age_s(beat, now=time.time())
-        if not workerstate.worker_stalled(age_s=age, queued=queued, stall_after=stall_after):
+        if not workerstate.worker_stalled(
+            age_s=age, queued=queued, stall_after=stall_after, redis_uptime_s=uptime
+        ):
             return
         heartbeat = "no heartbeat" if age is None else f"last heartbeat {age:.0f} s ago"
         self.report(

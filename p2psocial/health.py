@@ -33,10 +33,11 @@ def collect() -> dict:
         r.ping()
         checks["redis"] = "ok"
         if not settings.IS_LOGIN_SERVER:
-            age, queued = redis_client.worker_state()
+            worker = redis_client.worker_state()
+            age = worker.heartbeat_age_s
             checks["worker_heartbeat_age_s"] = round(age, 1) if age is not None else None
-            checks["worker_queued"] = queued
-            checks["worker_stalled"] = redis_client.worker_stalled(age, queued)
+            checks["worker_queued"] = worker.queued
+            checks["worker_stalled"] = worker.stalled
     except redis.RedisError as exc:
         logger.warning("health: redis unavailable", extra={"error": type(exc).__name__})
         checks["redis"] = f"error: {type(exc).__name__}"

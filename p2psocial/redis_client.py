@@ -1,6 +1,7 @@
 """One Redis connection pool per process, for heartbeats and live events."""
 
 import time
+from dataclasses import dataclass
 from functools import cache
 
 import redis
@@ -18,8 +19,25 @@ def heartbeat_key() -> str:
     return workerstate.heartbeat_key(settings.CELERY_TASK_DEFAULT_QUEUE)
 
 
-def worker_state() -> tuple[float | None, int]:
-    """(seconds since this node's last worker heartbeat or None, tasks waiting in its queue).
+@dataclass(frozen=True)
+class WorkerState:
+    heartbeat_age_s: float | None  # None: no heartbeat in Redis
+    queued: int  # tasks waiting in this node's queue
+    redis_uptime_s: float
+
+    @property
+    def stalled(self) -> bool:
+        """This node's worker is dead or not consuming (see workerstate.worker_stalled)."""
+        return workerstate.worker_stalled(
+            age_s=self.heartbeat_age_s,
+            queued=self.queued,
+            stall_after=workerstate.stall_after_s(settings.HEARTBEAT_INTERVAL_S),
+            redis_uptime_s=self.redis_uptime_s,
+        )
+
+
+def worker_state() -> WorkerState:
+    """This node's worker heartbeat and queue, as Redis sees them.
 
     Raises redis.RedisError when Redis does not answer.
     """
@@ -27,11 +45,10 @@ def worker_state() -> tuple[float | None, int]:
     with r.pipeline(transaction=False) as pipe:
         pipe.get(heartbeat_key())
         pipe.llen(settings.CELERY_TASK_DEFAULT_QUEUE)
-        beat, queued = pipe.execute()
-    return workerstate.heartbeat_age_s(beat, now=time.time()), int(queued)
-
-
-def worker_stalled(age_s: float | None, queued: int) -> bool:
-    """This node's worker is dead or not consuming (see workerstate.worker_stalled)."""
-    stall_after = workerstate.stall_after_s(settings.HEARTBEAT_INTERVAL_S)
-    return workerstate.worker_stalled(age_s=age_s, queued=queued, stall_after=stall_after)
+        pipe.info("server")
+        beat, queued, info = pipe.execute()
+    return WorkerState(
+        heartbeat_age_s=workerstate.heartbeat_age_s(beat, now=time.time()),
+        queued=int(queued),
+        redis_uptime_s=float(info.get("uptime_in_seconds", 0)),
+    )

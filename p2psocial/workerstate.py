@@ -34,10 +34,18 @@ def heartbeat_age_s(value: bytes | str | None, *, now: float) -> float | None:
         return None
 
 
-def worker_stalled(*, age_s: float | None, queued: int, stall_after: float) -> bool:
+def worker_stalled(
+    *, age_s: float | None, queued: int, stall_after: float, redis_uptime_s: float
+) -> bool:
     """Tasks wait while no heartbeat came for too long: the worker is dead or not consuming.
 
     Beat queues a heartbeat task every interval, so a worker that stops consuming always
-    has something queued; an old heartbeat over an empty queue points at beat instead.
+    has something queued; an old heartbeat over an empty queue points at beat instead. A
+    missing heartbeat counts only once Redis has been up for longer than stall_after: a
+    restarted Redis has lost it, and the worker needs a moment to reconnect.
     """
-    return queued > 0 and (age_s is None or age_s > stall_after)
+    if queued <= 0:
+        return False
+    if age_s is None:
+        return redis_uptime_s > stall_after
+    return age_s > stall_after

@@ -210,6 +210,37 @@ def test_a_worker_with_a_fresh_heartbeat_or_an_empty_queue_is_left_alone(tmp_pat
         worker.stop()
 
 
+@pytest.mark.parametrize(
+    ("age_s", "queued", "redis_uptime_s", "stalled"),
+    [
+        (30.0, 3, 600.0, True),  # tasks wait, the heartbeat is old
+        (None, 3, 600.0, True),  # tasks wait, no heartbeat at all in a Redis up for long
+        (None, 3, 2.0, False),  # Redis just restarted: it lost the heartbeat, not the worker
+        (5.0, 3, 600.0, False),  # a recent heartbeat
+        (None, 0, 600.0, False),  # nothing waits: beat is quiet, not the worker stuck
+    ],
+)
+def test_the_stalled_worker_rule(age_s, queued, redis_uptime_s, stalled):
+    assert (
+        workerstate.worker_stalled(
+            age_s=age_s, queued=queued, stall_after=12.0, redis_uptime_s=redis_uptime_s
+        )
+        is stalled
+    )
+
+
+def test_a_worker_without_a_heartbeat_in_a_just_restarted_redis_is_left_alone(tmp_path):
+    with running_redis(tmp_path) as url:
+        net, node, worker = stalled_worker_network(tmp_path, url)
+        redis.Redis.from_url(url).lpush(node.celery_queue, b"a delivery task")
+        first_pid, lines = worker.pid, []
+
+        Supervisor(net, lines.append).check()
+
+        assert lines == [] and worker.pid == first_pid
+        worker.stop()
+
+
 # --- the production watchdog: manage.py check_worker -------------------------------------
 @pytest.fixture
 def node_redis(tmp_path, settings):

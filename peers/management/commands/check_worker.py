@@ -21,7 +21,7 @@ class Command(BaseCommand):
         if settings.IS_LOGIN_SERVER:
             raise CommandError("the login server runs no worker")
         try:
-            age, queued = redis_client.worker_state()
+            worker = redis_client.worker_state()
         except redis.RedisError as exc:
             # Not the worker's fault: restarting it would not help, Redis needs attention.
             # Exit 2, which the watchdog unit does not count as a failure.
@@ -29,11 +29,13 @@ class Command(BaseCommand):
                 f"Redis does not answer ({type(exc).__name__})", returncode=2
             ) from exc
         stall_after = workerstate.stall_after_s(settings.HEARTBEAT_INTERVAL_S)
+        age = worker.heartbeat_age_s
         heartbeat = "none" if age is None else f"{age:.0f} s ago"
         summary = (
-            f"heartbeat {heartbeat}, {queued} task(s) queued (stalled after {stall_after:.0f} s)"
+            f"heartbeat {heartbeat}, {worker.queued} task(s) queued "
+            f"(stalled after {stall_after:.0f} s)"
         )
-        if redis_client.worker_stalled(age, queued):
+        if worker.stalled:
             self.stderr.write(f"worker stalled: {summary}")
             raise SystemExit(1)
         self.stdout.write(f"worker ok: {summary}")
