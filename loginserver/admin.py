@@ -34,13 +34,17 @@ class NodeAdmin(admin.ModelAdmin):
 
 
 class UserRecordAdmin(admin.ModelAdmin):
-    list_display = ("username", "node", "full_name", "position", "status", "updated_at")
-    list_filter = ("status", "node")
+    """User records, read-only. A name stays its node's while unlisted (the node's reports
+    leave it out); the release action frees it for another node."""
+
+    list_display = ("username", "node", "full_name", "position", "status", "listed", "updated_at")
+    list_filter = ("listed", "status", "node")
     search_fields = ("username", "full_name")
     list_select_related = ("node",)
     fields = (
         "username",
         "node",
+        "listed",
         "full_name",
         "position",
         "fingerprint",
@@ -50,16 +54,39 @@ class UserRecordAdmin(admin.ModelAdmin):
         "expires",
     )
     readonly_fields = fields
+    actions = ("release",)
 
     @admin.display(description="key fingerprint")
     def fingerprint(self, obj: UserRecord) -> str:
         return protocol.fingerprint(bytes(obj.sign_key), bytes(obj.box_key))
 
+    @admin.action(
+        description="Release the selected usernames (another node may then claim them)",
+        permissions=("change",),
+    )
+    def release(self, request, queryset):
+        released, refused = [], []
+        for username in queryset.values_list("username", flat=True):
+            try:
+                services.release_username(username=username)
+            except protocol.ProtocolError as error:
+                refused.append(error.message)
+            else:
+                released.append(username)
+        if released:
+            self.message_user(request, f"Released: {', '.join(released)}.", messages.SUCCESS)
+        for message in refused:
+            self.message_user(request, f"Not released: {message}.", messages.ERROR)
+
     def has_add_permission(self, request) -> bool:
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
-        return False
+        # change_userrecord runs the release action only: a record's page stays read-only.
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # a name is freed by the release action, which keeps its rules
 
 
 class EnrolmentTokenForm(forms.ModelForm):

@@ -25,7 +25,9 @@ POST /api/v1/enrol (not signed by a known node; carries a one-time token)
     201:      {"login_server_key": "<b64 32 bytes>", "fingerprint": "<login server key
                fingerprint>", "node": "hq", "node_fingerprint": "<fingerprint of sign_key>"}
     refusals: token_invalid, token_used, token_expired, token_name_mismatch (403),
-              node_exists (409), bad_proof, malformed_json, missing_field, invalid_field (400).
+              node_exists (409), bad_proof, malformed_json, missing_field, invalid_field,
+              insecure_url, private_node_url, unresolvable_node_url (400), body_too_large
+              (413: over ENROL_MAX_BODY_BYTES, checked before parsing).
     The token is single use, bound to the node name, and expires after
     ENROLMENT_TOKEN_LIFETIME_S. A refused enrolment writes nothing.
 
@@ -36,11 +38,14 @@ POST /api/v1/report (signed)
                           "status": "online" | "away" | "offline",
                           "last_seen": 1767000000 | null}, ...]}
               The list is the node's complete set of users: users of this node that are
-              missing are removed from the directory.
-    200:      {"users": 2, "signed": 0, "presence_changed": 1, "removed": 0}
-    refusals: user_owned_by_other_node (409: a username enrolled by another node; nothing
-              of the report is stored), duplicate_user, invalid_field, missing_field,
-              malformed_json (400), too_many_users (413).
+              missing leave the directory, their names stay reserved to the node.
+    200:      {"users": 2, "signed": 0, "presence_changed": 1, "removed": 0,
+               "refused": [{"username": "bob", "code": "user_owned_by_other_node"}]}
+              A name held by another active node (user_owned_by_other_node) or beyond
+              NODE_MAX_USERNAMES (too_many_usernames) is refused alone; the rest is stored.
+    refusals: duplicate_user, invalid_field, missing_field, malformed_json, insecure_url,
+              private_node_url, unresolvable_node_url (400), too_many_users (413),
+              conflict (409: a name claimed by another report at the same moment).
     The login server signs a new user record when a user is new, their keys, name or
     position or the node URL changed, or the record is past half its lifetime.
 
@@ -58,7 +63,10 @@ POST /api/v1/rotate-key (signed by the node's CURRENT key)
 
 GET /api/v1/directory (signed)
     request headers: If-None-Match: "<etag of the copy the node holds>" (optional)
-    304:      no body, when the ETag is unchanged.
+    304:      no body, when the ETag is unchanged; headers ETag, X-P2P-Generated-Ms:
+              <generated_ms of that directory>, X-P2P-Signature: <b64 signature by the login
+              server key over b"p2psocial/v1/directory-unchanged\\x00" +
+              "\\n".join([request nonce, etag, generated_ms])>.
     200:      headers ETag: "<32 hex>", X-P2P-Signature: <b64 signature by the login server
               key over b"p2psocial/v1/directory\\x00" + exact body bytes>
               body (canonical JSON: sorted keys, no spaces):
@@ -83,6 +91,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -90,7 +99,9 @@ from django.views.decorators.csrf import csrf_exempt
 from peers import protocol
 from peers.auth import (
     KnownNode,
+    declared_length,
     error_response,
+    log_refusal,
     read_body,
     run_signed,
     signed_endpoint,
@@ -113,12 +124,27 @@ def _refused(request: HttpRequest, error: protocol.ProtocolError) -> JsonRespons
     return error_response(error)
 
 
+def _read_enrolment_body(request: HttpRequest) -> bytes:
+    """The body, refused with 413 before it is parsed when over ENROL_MAX_BODY_BYTES: the
+    caller is not known yet, and parsing megabytes of JSON costs far more memory."""
+    limit = settings.ENROL_MAX_BODY_BYTES
+    too_large = protocol.ProtocolError(
+        "body_too_large", f"an enrolment body may be at most {limit} bytes", 413
+    )
+    if declared_length(request.META.get("CONTENT_LENGTH")) > limit:
+        raise too_large
+    body = request.read(limit + 1)
+    if len(body) > limit:
+        raise too_large
+    return body
+
+
 @csrf_exempt
 def enrol(request: HttpRequest) -> JsonResponse:
     if request.method != "POST":
         return error_response(protocol.ProtocolError("method_not_allowed", "use POST", 405))
     try:
-        obj = protocol.parse_json_object(read_body(request))
+        obj = protocol.parse_json_object(_read_enrolment_body(request))
         name = protocol.validate_node_name(protocol.require(obj, "name", str))
         url = services.validate_url(protocol.require(obj, "url", str))
         sign_key = protocol.b64d(
@@ -158,20 +184,27 @@ class Answer:
         return HttpResponse(self.body, status=self.status, headers=self.headers)
 
 
-def _report_payload(body: bytes, node: KnownNode) -> dict:
-    result = services.accept_report(node=node.obj, report=services.parse_report(body))
+def _report_payload(body: bytes, node: KnownNode, checked_url: str | None) -> dict:
+    result = services.accept_report(
+        node=node.obj, report=services.parse_report(body), checked_url=checked_url
+    )
     return {
         "users": result.users,
         "signed": result.signed,
         "presence_changed": result.presence_changed,
         "removed": result.removed,
+        "refused": [{"username": r.username, "code": r.code} for r in result.refused],
     }
 
 
-def answer_report(
-    *, path: str, authorization: str | None, body: bytes, remote: str | None
+def _run_report(
+    *,
+    path: str,
+    authorization: str | None,
+    body: bytes,
+    remote: str | None,
+    checked_url: str | None,
 ) -> Answer:
-    """POST /api/v1/report once the body is read: verify, claim the nonce, store, answer."""
     payload, status = run_signed(
         method="POST",
         path=path,
@@ -179,9 +212,29 @@ def answer_report(
         body=body,
         remote=remote,
         resolve=services.resolve_node,
-        view=lambda node: _report_payload(body, node),
+        view=lambda node: _report_payload(body, node, checked_url),
     )
     return Answer.json(payload, status)
+
+
+def answer_report(
+    *, path: str, authorization: str | None, body: bytes, remote: str | None
+) -> Answer:
+    """POST /api/v1/report once the body is read: verify, claim the nonce, store, answer.
+
+    A report that moves its node to a new URL is stopped before any write (in production)
+    and run again once the URL's address is checked: the DNS lookup never holds the write
+    transaction. Only a request whose signature verified gets that far."""
+    signed = {"path": path, "authorization": authorization, "body": body, "remote": remote}
+    try:
+        return _run_report(**signed, checked_url=None)
+    except services.NodeUrlUnchecked as unchecked:
+        try:
+            services.check_node_url_address(unchecked.url)
+        except protocol.ProtocolError as error:
+            log_refusal(error, path=path, remote=remote)
+            return Answer.json({"error": error.as_dict()}, error.status)
+        return _run_report(**signed, checked_url=unchecked.url)
 
 
 @csrf_exempt
@@ -215,7 +268,8 @@ def answer_directory(
     body: bytes,
     remote: str | None,
 ) -> Answer:
-    """GET /api/v1/directory: verify, claim the nonce, then 304 or the signed directory."""
+    """GET /api/v1/directory: verify, claim the nonce, then the signed directory, or a 304
+    signed over the request's nonce (so nothing on the path can fake "unchanged")."""
     started = time.perf_counter()
     payload, status = run_signed(
         method="GET",
@@ -230,7 +284,21 @@ def answer_directory(
         return Answer.json(payload, status)
     snap = directory.snapshot()
     if if_none_match == snap.etag:
-        answer = Answer(304, headers={"ETag": snap.etag})
+        nonce = protocol.parse_auth_header(authorization).nonce  # verified just above
+        signature = protocol.sign_directory_unchanged(
+            services.server_signing_key(),
+            nonce=nonce,
+            etag=snap.etag,
+            generated_ms=snap.generated_ms,
+        )
+        answer = Answer(
+            304,
+            headers={
+                "ETag": snap.etag,
+                "X-P2P-Signature": protocol.b64e(signature),
+                "X-P2P-Generated-Ms": str(snap.generated_ms),
+            },
+        )
     else:
         answer = Answer(
             200,

@@ -28,6 +28,7 @@ class Snapshot:
     body: bytes
     signature: str
     etag: str
+    generated_ms: int
 
 
 _cache: dict[str, Snapshot] = {}
@@ -85,7 +86,7 @@ def build(version: str, now: datetime) -> Snapshot:
         )
     users = []
     rows = (
-        UserRecord.objects.filter(node__active=True)
+        UserRecord.objects.filter(node__active=True, listed=True)
         .order_by("username")
         .values_list("node_id", "record", "record_sig", "status", "last_seen")
     )
@@ -109,7 +110,7 @@ def build(version: str, now: datetime) -> Snapshot:
     )
     signature = protocol.b64e(protocol.sign_directory(server_signing_key(), body))
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    return Snapshot(version, valid_until, body, signature, etag)
+    return Snapshot(version, valid_until, body, signature, etag, generated_ms)
 
 
 def snapshot() -> Snapshot:

@@ -44,7 +44,12 @@ class EnrolmentToken(models.Model):
 
 
 class UserRecord(models.Model):
-    """A user of one node: public keys, the record the login server signed, and presence."""
+    """A user of one node: public keys, the record the login server signed, and presence.
+
+    The username belongs to the node that first reported it. When the node's reports
+    leave it out, the record stays, unlisted (not in the directory), so the name stays
+    reserved to that node until the node is revoked or an administrator releases it.
+    """
 
     class Status(models.TextChoices):
         ONLINE = "online"
@@ -63,6 +68,11 @@ class UserRecord(models.Model):
     expires = models.BigIntegerField()
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.OFFLINE)
     last_seen = models.BigIntegerField(null=True, blank=True, help_text="unix seconds")
+    listed = models.BooleanField(
+        default=True,
+        help_text="in the node's latest report and the directory; if not, the name stays "
+        "reserved to the node",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
+import os
 import secrets
+import socket
 import time
 import uuid
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from functools import lru_cache
@@ -110,6 +114,70 @@ def validate_url(url: object, *, field: str = "url") -> str:
     return url.rstrip("/")
 
 
+# --- node URLs lead to public addresses (production) -------------------------------------
+def node_urls_must_be_public() -> bool:
+    return settings.PRODUCTION and not settings.ALLOW_PRIVATE_NODE_URLS
+
+
+@lru_cache(maxsize=1)
+def _resolver() -> ThreadPoolExecutor:
+    # getaddrinfo has no timeout of its own: a lookup that hangs is abandoned after
+    # NODE_URL_RESOLVE_TIMEOUT_S and holds one of these threads, never a request.
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="node-url-dns")
+
+
+os.register_at_fork(after_in_child=_resolver.cache_clear)  # a child has no pool threads
+
+
+def _resolve(host: str, port: int) -> list[str]:
+    unresolved = ProtocolError(
+        "unresolvable_node_url", f"the url's host {host!r} does not resolve to an address"
+    )
+    future = _resolver().submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        found = future.result(timeout=settings.NODE_URL_RESOLVE_TIMEOUT_S)
+    except (OSError, UnicodeError, ValueError):  # TimeoutError and gaierror are OSErrors
+        future.cancel()
+        raise unresolved from None
+    addresses = sorted({str(info[4][0]) for info in found})
+    if not addresses:
+        raise unresolved
+    return addresses
+
+
+def check_node_url_address(url: str) -> None:
+    """In production (unless P2P_ALLOW_PRIVATE_NODE_URLS), refuse a node URL whose host is,
+    or resolves to, an address that is not public (peers.protocol.is_public_address); a
+    host that does not resolve within NODE_URL_RESOLVE_TIMEOUT_S is refused too. May wait
+    for DNS: never call it in a write transaction."""
+    if not node_urls_must_be_public():
+        return
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        addresses = [str(ipaddress.ip_address(host))]  # an IP literal: no lookup
+    except ValueError:
+        addresses = _resolve(host, port)
+    for address in addresses:
+        if not protocol.is_public_address(address):
+            raise ProtocolError(
+                "private_node_url",
+                f"the url's host leads to {address}, which is not a public address "
+                "(the login server's operator can allow it with P2P_ALLOW_PRIVATE_NODE_URLS=1)",
+            )
+
+
+class NodeUrlUnchecked(Exception):
+    """A report moves its node to a URL whose address is not checked yet. Raised inside
+    the report's transaction, before any write, so the check's DNS lookup can run outside
+    it (loginserver.api checks, then runs the report again with checked_url)."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.url = url
+
+
 def create_enrolment_token(*, node_name: str) -> tuple[EnrolmentToken, str]:
     """A one-time token for node_name; the plain token is returned once and never stored."""
     protocol.validate_node_name(node_name)
@@ -128,27 +196,36 @@ def create_enrolment_token(*, node_name: str) -> tuple[EnrolmentToken, str]:
     return row, token
 
 
+def _refuse_unusable_token(row: EnrolmentToken | None, *, name: str, now: datetime) -> None:
+    if row is None:
+        raise ProtocolError("token_invalid", "unknown enrolment token", 403)
+    if row.used_at is not None:
+        raise ProtocolError("token_used", "this enrolment token was already used", 403)
+    if row.expires_at <= now:
+        raise ProtocolError("token_expired", "this enrolment token has expired", 403)
+    if row.node_name != name:
+        raise ProtocolError(
+            "token_name_mismatch", "this enrolment token is for another node name", 403
+        )
+
+
 def enrol_node(*, token: str, name: str, url: str, sign_key: bytes, proof: bytes) -> Node:
     """Register a node with a valid one-time token and proof of its key; all or nothing."""
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
         raise ProtocolError("token_invalid", "unknown enrolment token", 403)
     now = timezone.now()
+    token_hash = _token_hash(token)
+    # Checked first without a lock, so that only a caller with a valid token and key gets
+    # to the URL check, which may wait for DNS: outside the write transaction.
+    _refuse_unusable_token(
+        EnrolmentToken.objects.filter(token_hash=token_hash).first(), name=name, now=now
+    )
+    protocol.verify_enrolment(sign_key, proof, token=token, name=name, url=url)
+    check_node_url_address(url)
     with transaction.atomic():
         # Locked: two enrolments with one token queue here instead of racing to create.
-        row = (
-            EnrolmentToken.objects.select_for_update().filter(token_hash=_token_hash(token)).first()
-        )
-        if row is None:
-            raise ProtocolError("token_invalid", "unknown enrolment token", 403)
-        if row.used_at is not None:
-            raise ProtocolError("token_used", "this enrolment token was already used", 403)
-        if row.expires_at <= now:
-            raise ProtocolError("token_expired", "this enrolment token has expired", 403)
-        if row.node_name != name:
-            raise ProtocolError(
-                "token_name_mismatch", "this enrolment token is for another node name", 403
-            )
-        protocol.verify_enrolment(sign_key, proof, token=token, name=name, url=url)
+        row = EnrolmentToken.objects.select_for_update().filter(token_hash=token_hash).first()
+        _refuse_unusable_token(row, name=name, now=now)
         node = Node.objects.select_for_update().filter(name=name).first()
         if node is None:
             node = Node.objects.create(name=name, url=url, sign_key=sign_key)
@@ -341,7 +418,7 @@ def _sign_record(row: UserRecord, node: Node, key: SigningKey, now_s: int) -> No
 # What a report compares: no record bytes (re-signing replaces them), no timestamps.
 _RECORD_FIELDS = (
     "id", "username", "node_id", "sign_key", "box_key", "full_name", "position", "expires",
-    "status", "last_seen",
+    "status", "last_seen", "listed",
 )  # fmt: skip
 _NODE_REPORTED_SQL = (
     "UPDATE loginserver_node SET url = %s, last_report_at = %s WHERE id = %s AND active = %s"
@@ -349,7 +426,8 @@ _NODE_REPORTED_SQL = (
 
 
 class _Stored(NamedTuple):
-    """A stored record as a report compares it (a model instance only when re-signed)."""
+    """A stored record as a report compares it (a model instance only when re-signed),
+    and whether the node that holds its name is active."""
 
     id: int
     username: str
@@ -361,26 +439,31 @@ class _Stored(NamedTuple):
     expires: int
     status: str
     last_seen: int | None
+    listed: bool
+    owner_active: bool
 
     def as_model(self) -> UserRecord:
-        return UserRecord.from_db(connection.alias, _RECORD_FIELDS, self)
+        return UserRecord.from_db(connection.alias, _RECORD_FIELDS, self[: len(_RECORD_FIELDS)])
 
 
 def _current_records(names: list[str], node_id: int) -> list[_Stored]:
-    """One read: the reported names (whoever owns them) and this node's current users.
+    """One read: the reported names (whoever holds them) and every name this node holds.
 
     Plain SQL, as in _store_presence: this read runs on every report, and the ORM's
     statement building and row conversion cost several times the query itself."""
     marks = ", ".join(["%s"] * len(names)) or "NULL"
+    columns = ", ".join(f"r.{name}" for name in _RECORD_FIELDS)
     # Only constant column names and placeholders are interpolated; values are parameters.
     sql = (
-        f"SELECT {', '.join(_RECORD_FIELDS)} FROM loginserver_userrecord "  # noqa: S608
-        f"WHERE username IN ({marks}) OR node_id = %s"
+        f"SELECT {columns}, n.active FROM loginserver_userrecord r "  # noqa: S608
+        "JOIN loginserver_node n ON n.id = r.node_id "
+        f"WHERE r.username IN ({marks}) OR r.node_id = %s"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [*names, node_id])
         rows = cursor.fetchall()
-    return [_Stored._make(row) for row in rows]
+    # SQLite answers booleans as 0 and 1.
+    return [_Stored._make((*row[:-2], bool(row[-2]), bool(row[-1]))) for row in rows]
 
 
 _PRESENCE_SQL = (
@@ -405,34 +488,72 @@ def _node_is_online(node: Node, now: datetime) -> bool:
 
 
 @dataclass(frozen=True)
+class RefusedName:
+    """A reported username the login server did not take, and why (a stable code)."""
+
+    username: str
+    code: str
+
+
+@dataclass(frozen=True)
 class ReportResult:
     users: int
     signed: int
     presence_changed: int
     removed: int
+    refused: list[RefusedName] = field(default_factory=list)
 
 
-def accept_report(*, node: Node, report: Report) -> ReportResult:
+def _claims(
+    report: Report, existing: dict[str, _Stored], node: Node
+) -> tuple[list[tuple[ReportedUser, _Stored | None]], list[RefusedName], list[int]]:
+    """Which reported users this node may have: (user, its stored record or None) for each,
+    the refused names, and the records of revoked nodes whose names it takes over."""
+    held = sum(1 for r in existing.values() if r.node_id == node.pk)
+    accepted: list[tuple[ReportedUser, _Stored | None]] = []
+    refused: list[RefusedName] = []
+    freed: list[int] = []
+    for user in report.users:
+        stored = existing.get(user.username)
+        if stored is not None and stored.node_id != node.pk:
+            if stored.owner_active:
+                refused.append(RefusedName(user.username, "user_owned_by_other_node"))
+                continue
+            freed.append(stored.id)  # its node was revoked: the name is free again
+            stored = None
+        if stored is None:
+            if held >= settings.NODE_MAX_USERNAMES:
+                refused.append(RefusedName(user.username, "too_many_usernames"))
+                continue
+            held += 1
+        accepted.append((user, stored))
+    return accepted, refused, freed
+
+
+def accept_report(*, node: Node, report: Report, checked_url: str | None = None) -> ReportResult:
     """Store a node's users and presence in one transaction; re-sign only what changed.
 
-    The report is the node's complete list: its users missing from it are removed. A
-    username that belongs to another node refuses the whole report. An unchanged report
-    costs one read and one UPDATE of the node.
+    The report is the node's complete list. A name belongs to the node that first
+    reported it: its users missing from the report leave the directory but their names
+    stay reserved to it (unlisted), until it is revoked or an administrator releases them.
+    A name held by another active node is refused alone (ReportResult.refused); the rest
+    is stored. An unchanged report costs one read and one UPDATE of the node.
+
+    In production a new node URL must be checked (DNS) before this transaction: unless it
+    is checked_url, NodeUrlUnchecked is raised before any write.
     """
     now = timezone.now()
     now_s = int(now.timestamp())
     renew_before = now_s + settings.USER_RECORD_LIFETIME_S // 2
     names = [u.username for u in report.users]
+    url_changed = report.url is not None and report.url != node.url
+    if url_changed and node_urls_must_be_public() and report.url != checked_url:
+        raise NodeUrlUnchecked(report.url)
     # Inside the signed request's transaction this is part of it (no savepoint).
     with transaction.atomic(savepoint=False):
         existing = {r.username: r for r in _current_records(names, node.pk)}
-        foreign = sorted(n for n in names if n in existing and existing[n].node_id != node.pk)
-        if foreign:
-            raise ProtocolError(
-                "user_owned_by_other_node", f"{foreign[0]} belongs to another node", 409
-            )
+        accepted, refused, freed = _claims(report, existing, node)
         visible_change = not _node_is_online(node, now)
-        url_changed = report.url is not None and report.url != node.url
         if url_changed:
             node.url = report.url
             visible_change = True
@@ -450,9 +571,9 @@ def accept_report(*, node: Node, report: Report) -> ReportResult:
         key: SigningKey | None = None
         created: list[UserRecord] = []
         resigned: list[UserRecord] = []
+        relisted: list[int] = []
         presence: list[tuple[str, int | None, int]] = []
-        for user in report.users:
-            stored = existing.get(user.username)
+        for user, stored in accepted:
             if stored is None:
                 row = UserRecord(
                     username=user.username,
@@ -475,7 +596,16 @@ def accept_report(*, node: Node, report: Report) -> ReportResult:
                 stored.full_name,
                 stored.position,
             )
-            if identity != current or url_changed or stored.expires < renew_before:
+            if not stored.listed:
+                # Back in the node's report: re-signed, as its node URL may have changed
+                # while it was out.
+                relisted.append(stored.id)
+            if (
+                identity != current
+                or url_changed
+                or stored.expires < renew_before
+                or not stored.listed
+            ):
                 row = stored.as_model()
                 row.sign_key, row.box_key, row.full_name, row.position = identity
                 key = key or server_signing_key()
@@ -489,15 +619,16 @@ def accept_report(*, node: Node, report: Report) -> ReportResult:
             ):
                 presence.append((user.status, user.last_seen, stored.id))
 
+        if freed:
+            taken = UserRecord.objects.filter(pk__in=freed, node__active=False).delete()[0]
+            logger.info("names of a revoked node taken", extra={"node": node.name, "count": taken})
         if created:
             try:
                 UserRecord.objects.bulk_create(created)
             except IntegrityError:
                 # Another report claimed one of these names at the same moment (possible
                 # on PostgreSQL); the whole request rolls back and the node reports again.
-                raise ProtocolError(
-                    "user_owned_by_other_node", "a reported name was just claimed", 409
-                ) from None
+                raise ProtocolError("conflict", "a reported name was just claimed", 409) from None
         if resigned:
             UserRecord.objects.bulk_update(
                 resigned,
@@ -513,24 +644,65 @@ def accept_report(*, node: Node, report: Report) -> ReportResult:
                     "updated_at",
                 ],
             )
+        if relisted:
+            UserRecord.objects.filter(pk__in=relisted).update(listed=True, updated_at=now)
         if presence:
             _store_presence(presence, now)
-        reported = set(names)
+        reported = {user.username for user, _ in accepted}
         gone = [
-            r.id for r in existing.values() if r.node_id == node.pk and r.username not in reported
+            r.id
+            for r in existing.values()
+            if r.node_id == node.pk and r.listed and r.username not in reported
         ]
-        removed = UserRecord.objects.filter(pk__in=gone).delete()[0] if gone else 0
-        if created or resigned or presence or removed or visible_change:
+        removed = 0
+        if gone:
+            # Out of the directory; the name stays this node's.
+            removed = UserRecord.objects.filter(pk__in=gone).update(
+                listed=False, status=UserRecord.Status.OFFLINE, updated_at=now
+            )
+        if created or resigned or relisted or presence or removed or visible_change:
             bump_directory_version()
     result = ReportResult(
         users=len(report.users),
         signed=len(created) + len(resigned),
         presence_changed=len(presence),
         removed=removed,
+        refused=refused,
     )
     if result.signed or result.removed:
         logger.info(
             "report changed records",
             extra={"node": node.name, "signed": result.signed, "removed": result.removed},
         )
+    if refused:
+        logger.info(
+            "report names refused",
+            extra={"node": node.name, "refused": len(refused), "first": refused[0].username},
+        )
     return result
+
+
+# --- reserved usernames ------------------------------------------------------------------
+def release_username(*, username: str) -> UserRecord:
+    """Free a name its node no longer lists (or whose node was revoked), so another node
+    can claim it with its next report. A name its active node still lists is refused:
+    that node would claim it again at once."""
+    with transaction.atomic():
+        row = (
+            UserRecord.objects.select_for_update()
+            .select_related("node")
+            .filter(username=username)
+            .first()
+        )
+        if row is None:
+            raise ProtocolError("unknown_user", f"no user record named {username!r}", 404)
+        if row.listed and row.node.active:
+            raise ProtocolError(
+                "username_listed",
+                f"{username!r} is still listed by {row.node.name}: that node must remove the "
+                "person first",
+                409,
+            )
+        row.delete()
+    logger.warning("username released", extra={"username": username, "node": row.node.name})
+    return row

@@ -238,6 +238,17 @@ HEARTBEAT_INTERVAL_S = env_float("P2P_HEARTBEAT_INTERVAL_S", 10.0)
 # (or when unset) /health shows only whether the server is healthy.
 HEALTH_TOKEN = env("P2P_HEALTH_TOKEN", "") or ""
 NONCE_PRUNE_INTERVAL_S = env_float("P2P_NONCE_PRUNE_INTERVAL_S", 300.0)
+# An enrolment body is a token, a name, a URL, a key and a proof: well under 1 KiB. The
+# limit is checked before the body is parsed (P2P_PEER_MAX_BODY_BYTES is for batches).
+ENROL_MAX_BODY_BYTES = env_int("P2P_ENROL_MAX_BODY_BYTES", 4096)
+# How many usernames one node may hold at the login server, listed or kept reserved for
+# it after its reports left them out (a name stays the node's until revoked or released).
+NODE_MAX_USERNAMES = env_int("P2P_NODE_MAX_USERNAMES", 10_000)
+# How long the login server waits for DNS when it checks a node URL's host (production).
+NODE_URL_RESOLVE_TIMEOUT_S = env_float("P2P_NODE_URL_RESOLVE_TIMEOUT_S", 2.0)
+# How long a write waits for the SQLite writer lock (peers.auth.write_transaction) before
+# it is refused as busy: 503 with Retry-After for a peer, a "try again" page for a person.
+WRITER_LOCK_WAIT_S = env_float("P2P_WRITER_LOCK_WAIT_S", 5.0)
 
 # --- security -----------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
@@ -272,6 +283,10 @@ AXES_VERBOSE = False
 OTP_TOTP_ISSUER = env("P2P_OTP_ISSUER", "p2psocial")
 OTP_TOTP_THROTTLE_FACTOR = 1
 OTP_STATIC_THROTTLE_FACTOR = 1
+# In production node URLs must lead to public addresses (not loopback, link-local,
+# private, unspecified or multicast): the login server refuses others at enrolment and
+# report, and nodes refuse to connect to a peer there. 1 allows them (a private network).
+ALLOW_PRIVATE_NODE_URLS = env_bool("P2P_ALLOW_PRIVATE_NODE_URLS", False)
 
 SESSION_COOKIE_AGE = SESSION_IDLE_TIMEOUT_S
 SESSION_SAVE_EVERY_REQUEST = True  # the age is an idle timeout, not an absolute one

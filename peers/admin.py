@@ -70,7 +70,14 @@ class DirectoryUserAdmin(ReadOnlyAdmin):
 
 
 class DirectorySyncAdmin(ReadOnlyAdmin):
-    list_display = ("last_success_at", "last_attempt_at", "last_error")
+    list_display = ("last_success_at", "last_attempt_at", "last_error", "refused")
+    fields = ("last_success_at", "last_attempt_at", "last_error", "refused")
+    readonly_fields = fields
+
+    @admin.display(description="names refused by the login server (held by another node)")
+    def refused(self, obj: DirectorySync) -> str:
+        names = [entry.get("username", "?") for entry in obj.refused_usernames or []]
+        return ", ".join(names) or "none"
 
 
 if not settings.IS_LOGIN_SERVER:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -17,6 +19,7 @@ from django.conf import settings
 from django.db.models.signals import post_delete, post_save
 from nacl.signing import SigningKey
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from p2psocial.logging import request_id_var
@@ -24,6 +27,8 @@ from p2psocial.logging import request_id_var
 from . import protocol
 from .identity import local_node, node_signing_key
 from .models import NodeIdentity
+
+logger = logging.getLogger(__name__)
 
 _sessions: dict[str, requests.Session] = {}
 _lock = threading.Lock()
@@ -197,6 +202,12 @@ class _WatchedPoolMixin:
 
     def _get_conn(self, timeout=None):
         connection = super()._get_conn(timeout)
+        if connection.sock is not None:  # reused: opened for another request, maybe unchecked
+            try:
+                _refuse_unless_public(connection.sock)
+            except _AddressRefused:
+                connection.close()
+                raise
         exchange = getattr(_current, "exchange", None)
         if exchange is not None:
             exchange.attach(connection)
@@ -209,12 +220,72 @@ class _WatchedPoolMixin:
         super()._put_conn(connection)
 
 
-class _WatchedHTTPPool(_WatchedPoolMixin, HTTPConnectionPool):
+# --- peers at public addresses only (production) -----------------------------------------
+# A peer's URL comes from the directory, that is from what its node reported: in production
+# it must not make this node post to its own loopback or internal network. The address is
+# checked once connected, before anything is sent (TLS included), so a name that resolves
+# differently on the second lookup (DNS rebinding) is caught too.
+class PeerAddressRefused(requests.ConnectionError):
+    """The peer's URL leads to an address that is not public; nothing was sent to it."""
+
+
+class _AddressRefused(Exception):
+    """Raised inside urllib3; not an OSError, so urllib3 neither wraps nor retries it."""
+
+
+def _refuse_unless_public(sock: socket.socket) -> None:
+    """When this thread's request must reach a public address only, check the socket's."""
+    if getattr(_current, "public_only", False):
+        address = str(sock.getpeername()[0])
+        if not protocol.is_public_address(address):
+            raise _AddressRefused(address)
+
+
+class _PublicOnlyConnectionMixin:
+    def _new_conn(self):
+        sock = super()._new_conn()
+        try:
+            _refuse_unless_public(sock)
+        except _AddressRefused:
+            sock.close()
+            raise
+        return sock
+
+
+class _CheckedHTTPConnection(_PublicOnlyConnectionMixin, HTTPConnection):
     pass
+
+
+class _CheckedHTTPSConnection(_PublicOnlyConnectionMixin, HTTPSConnection):
+    pass
+
+
+@contextlib.contextmanager
+def _public_addresses_only(base_url: str, *, to_login_server: bool) -> Iterator[None]:
+    """Refuse, in production, a connection to a peer at an address that is not public
+    (P2P_ALLOW_PRIVATE_NODE_URLS lifts it). The login server's URL is the operator's own
+    configuration and is not checked."""
+    _current.public_only = (
+        not to_login_server and settings.PRODUCTION and not settings.ALLOW_PRIVATE_NODE_URLS
+    )
+    try:
+        yield
+    except _AddressRefused as refused:
+        logger.warning(
+            "peer address refused",
+            extra={"code": "private_peer_address", "url": base_url, "address": str(refused)},
+        )
+        raise PeerAddressRefused(f"{base_url} leads to {refused}, not a public address") from None
+    finally:
+        _current.public_only = False
+
+
+class _WatchedHTTPPool(_WatchedPoolMixin, HTTPConnectionPool):
+    ConnectionCls = _CheckedHTTPConnection
 
 
 class _WatchedHTTPSPool(_WatchedPoolMixin, HTTPSConnectionPool):
-    pass
+    ConnectionCls = _CheckedHTTPSConnection
 
 
 class _WatchedAdapter(HTTPAdapter):
@@ -300,7 +371,12 @@ def session_for(base_url: str) -> requests.Session:
 
 
 def _headers(
-    method: str, base_url: str, path: str, body: bytes, key: SigningKey | None = None
+    method: str,
+    base_url: str,
+    path: str,
+    body: bytes,
+    key: SigningKey | None = None,
+    nonce: str | None = None,
 ) -> dict[str, str]:
     # The signature covers the full path as the receiver sees it (prefix of base_url included).
     full_path = urlsplit(base_url).path.rstrip("/") + path
@@ -308,7 +384,7 @@ def _headers(
     signing_key = identity.signing_key if key is None else key
     headers = {
         "Authorization": protocol.sign_request(
-            signing_key, node=identity.name, method=method, path=full_path, body=body
+            signing_key, node=identity.name, method=method, path=full_path, body=body, nonce=nonce
         ),
         "Content-Type": "application/json",
     }
@@ -326,29 +402,32 @@ def signed_post(
     timeout: float | None = None,
     deadline_s: float | None = None,
     max_answer_bytes: int | None = None,
+    to_login_server: bool = False,
 ) -> requests.Response:
     """POST body to base_url + path, signed with this node's key.
 
     With deadline_s, the whole exchange ends within it (DeadlineExceeded) and the answer,
     read before returning, may be at most max_answer_bytes long (AnswerTooLarge); the
-    connection of an exchange cut short is closed, not reused.
+    connection of an exchange cut short is closed, not reused. Unless to_login_server, in
+    production a peer at an address that is not public is refused (PeerAddressRefused).
     """
     url = base_url.rstrip("/") + path
     session = session_for(base_url)
     headers = _headers("POST", base_url, path, body)
     timeout = timeout or settings.PEER_HTTP_TIMEOUT_S
-    if deadline_s is None:
-        return session.post(url, data=body, headers=headers, timeout=timeout)
-    return _request_within(
-        session,
-        "POST",
-        url,
-        body,
-        headers,
-        timeout=timeout,
-        deadline_s=deadline_s,
-        max_answer_bytes=max_answer_bytes,
-    )
+    with _public_addresses_only(base_url, to_login_server=to_login_server):
+        if deadline_s is None:
+            return session.post(url, data=body, headers=headers, timeout=timeout)
+        return _request_within(
+            session,
+            "POST",
+            url,
+            body,
+            headers,
+            timeout=timeout,
+            deadline_s=deadline_s,
+            max_answer_bytes=max_answer_bytes,
+        )
 
 
 def signed_get(
@@ -358,25 +437,28 @@ def signed_get(
     *,
     timeout: float | None = None,
     key: SigningKey | None = None,
+    nonce: str | None = None,
     deadline_s: float | None = None,
     max_answer_bytes: int | None = None,
+    to_login_server: bool = False,
 ) -> requests.Response:
-    """GET base_url + path, signed with this node's key or the given one (empty body);
-    deadline_s and max_answer_bytes as for signed_post."""
+    """GET base_url + path, signed with this node's key or the given one (empty body), with
+    the given request nonce or a fresh one; the rest as for signed_post."""
     url = base_url.rstrip("/") + path
-    all_headers = _headers("GET", base_url, path, b"", key)
+    all_headers = _headers("GET", base_url, path, b"", key, nonce)
     all_headers.update(headers or {})
     session = session_for(base_url)
     timeout = timeout or settings.PEER_HTTP_TIMEOUT_S
-    if deadline_s is None:
-        return session.get(url, headers=all_headers, timeout=timeout)
-    return _request_within(
-        session,
-        "GET",
-        url,
-        None,
-        all_headers,
-        timeout=timeout,
-        deadline_s=deadline_s,
-        max_answer_bytes=max_answer_bytes,
-    )
+    with _public_addresses_only(base_url, to_login_server=to_login_server):
+        if deadline_s is None:
+            return session.get(url, headers=all_headers, timeout=timeout)
+        return _request_within(
+            session,
+            "GET",
+            url,
+            None,
+            all_headers,
+            timeout=timeout,
+            deadline_s=deadline_s,
+            max_answer_bytes=max_answer_bytes,
+        )

@@ -114,6 +114,12 @@ class DirectorySync(models.Model):
     last_success_at = models.DateTimeField(null=True, blank=True)
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     last_error = models.CharField(max_length=200, blank=True)
+    refused_usernames = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='names the login server refused in the latest report, [{"username", "code"}]:'
+        " another node holds them, so these people are not in the directory",
+    )
 
     class Meta:
         verbose_name_plural = "directory sync"

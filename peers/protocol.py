@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import json
 import re
 import secrets
@@ -30,6 +31,7 @@ DOMAIN_ENVELOPE = b"p2psocial/v1/envelope\x00"
 DOMAIN_ACK = b"p2psocial/v1/ack\x00"
 DOMAIN_USER_RECORD = b"p2psocial/v1/user-record\x00"
 DOMAIN_DIRECTORY = b"p2psocial/v1/directory\x00"
+DOMAIN_DIRECTORY_UNCHANGED = b"p2psocial/v1/directory-unchanged\x00"
 
 AUTH_SCHEME = "P2P-Node"
 MAX_SKEW_S = 300
@@ -199,12 +201,17 @@ def sign_request(
 ) -> str:
     """The Authorization header value for one request."""
     timestamp = int(time.time()) if timestamp is None else timestamp
-    nonce = secrets.token_hex(16) if nonce is None else nonce
+    nonce = new_nonce() if nonce is None else nonce
     message = request_signing_bytes(
         method=method, path=path, node=node, timestamp=timestamp, nonce=nonce, body=body
     )
     signature = b64e(key.sign(message).signature)
     return f'{AUTH_SCHEME} node="{node}",ts="{timestamp}",nonce="{nonce}",sig="{signature}"'
+
+
+def new_nonce() -> str:
+    """A fresh request nonce: 16 random bytes as 32 lower-case hex digits."""
+    return secrets.token_hex(16)
 
 
 def parse_auth_header(value: str | None) -> RequestAuth:
@@ -338,6 +345,60 @@ def verify_directory(login_server_key: bytes, body: bytes, signature: bytes) -> 
         raise _fail(
             "bad_directory_signature", "directory is not signed by the login server"
         ) from None
+
+
+def directory_unchanged_signing_bytes(*, nonce: str, etag: str, generated_ms: int) -> bytes:
+    """What the login server signs to say "the directory with this ETag is still current"
+    in answer to the request with this nonce (so an answer cannot be replayed or forged)."""
+    return DOMAIN_DIRECTORY_UNCHANGED + "\n".join([nonce, etag, str(generated_ms)]).encode()
+
+
+def sign_directory_unchanged(key: SigningKey, *, nonce: str, etag: str, generated_ms: int) -> bytes:
+    message = directory_unchanged_signing_bytes(nonce=nonce, etag=etag, generated_ms=generated_ms)
+    return key.sign(message).signature
+
+
+def verify_directory_unchanged(
+    login_server_key: bytes, signature: bytes, *, nonce: str, etag: str, generated_ms: int
+) -> None:
+    message = directory_unchanged_signing_bytes(nonce=nonce, etag=etag, generated_ms=generated_ms)
+    try:
+        VerifyKey(login_server_key).verify(message, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        raise _fail(
+            "bad_unchanged_signature",
+            "the unchanged-directory answer is not signed by the login server for this request",
+        ) from None
+
+
+# --- node addresses -----------------------------------------------------------------------
+_SHARED_ADDRESS_SPACE = ipaddress.IPv4Network("100.64.0.0/10")  # carrier-grade NAT, RFC 6598
+
+
+def is_public_address(address: str) -> bool:
+    """Whether a node URL may lead to this IP address: not loopback, link-local, private
+    (10/8, 172.16/12, 192.168/16, fc00::/7 ...), unspecified, multicast, reserved or
+    shared (100.64/10). An IPv4-mapped IPv6 address is judged as its IPv4 address; text
+    that is not an IP address is not public."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.is_site_local:  # fec0::/10, deprecated but still routed locally
+            return False
+    if isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED_ADDRESS_SPACE:
+        return False
+    return not (
+        ip.is_loopback
+        or ip.is_link_local
+        or ip.is_private
+        or ip.is_unspecified
+        or ip.is_multicast
+        or ip.is_reserved
+    )
 
 
 # --- envelopes ----------------------------------------------------------------------------
@@ -497,18 +558,22 @@ def parse_batch(
 
 
 def ack_signing_bytes(envelope_id: str, raw: bytes) -> bytes:
-    return DOMAIN_ACK + f"{envelope_id}\n{sha256_hex(raw)}".encode()
+    return ack_digest_signing_bytes(envelope_id, sha256_hex(raw))
+
+
+def ack_digest_signing_bytes(envelope_id: str, sha256: str) -> bytes:
+    return DOMAIN_ACK + f"{envelope_id}\n{sha256}".encode()
 
 
 def sign_ack(node_key: SigningKey, envelope_id: str, raw: bytes) -> dict[str, str]:
     """The receiving node's acknowledgement: it stored exactly these bytes under this id."""
-    signature = node_key.sign(ack_signing_bytes(envelope_id, raw)).signature
-    return {
-        "id": envelope_id,
-        "status": "stored",
-        "sha256": sha256_hex(raw),
-        "sig": b64e(signature),
-    }
+    return sign_ack_for_digest(node_key, envelope_id, sha256_hex(raw))
+
+
+def sign_ack_for_digest(node_key: SigningKey, envelope_id: str, sha256: str) -> dict[str, str]:
+    """sign_ack for bytes the receiver stored earlier and keeps only the SHA-256 (hex) of."""
+    signature = node_key.sign(ack_digest_signing_bytes(envelope_id, sha256)).signature
+    return {"id": envelope_id, "status": "stored", "sha256": sha256, "sig": b64e(signature)}
 
 
 def verify_ack(node_key: bytes, ack: object, *, envelope_id: str, raw: bytes) -> None:

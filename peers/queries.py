@@ -64,8 +64,17 @@ def login_server_health() -> dict:
     """For /health: login server reachability (last attempt) and the directory's age."""
     identity = NodeIdentity.objects.filter(pk=1).values("login_server_url").first()
     if identity is None:
-        return {"login_server": "not_joined", "directory_age_s": None, "directory_people": {}}
-    sync = DirectorySync.objects.filter(pk=1).values("last_success_at", "last_error").first()
+        return {
+            "login_server": "not_joined",
+            "directory_age_s": None,
+            "directory_people": {},
+            "refused_usernames": [],
+        }
+    sync = (
+        DirectorySync.objects.filter(pk=1)
+        .values("last_success_at", "last_error", "refused_usernames")
+        .first()
+    )
     last = sync["last_success_at"] if sync else None
     return {
         "login_server": "ok" if sync and last and not sync["last_error"] else "unreachable",
@@ -73,6 +82,10 @@ def login_server_health() -> dict:
             round((timezone.now() - last).total_seconds(), 1) if last is not None else None
         ),
         "directory_people": directory_people_by_node(),
+        # people of this node whose names another node holds: not in the directory
+        "refused_usernames": sorted(
+            entry.get("username", "") for entry in (sync or {}).get("refused_usernames") or []
+        ),
     }
 
 

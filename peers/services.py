@@ -6,6 +6,7 @@ import base64
 import binascii
 import importlib
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import timezone as dt_timezone
@@ -66,6 +67,7 @@ def _bounded(*, directory: bool = False) -> dict[str, Any]:
     return {
         "deadline_s": settings.PEER_REQUEST_DEADLINE_S,
         "max_answer_bytes": DIRECTORY_MAX_ANSWER_BYTES if directory else None,  # None: default
+        "to_login_server": True,  # the operator's own URL: no public-address check
     }
 
 
@@ -324,7 +326,10 @@ def build_report(*, exclude_session_hash: str | None = None) -> bytes:
 
 
 def report_presence(*, exclude_session_hash: str | None = None) -> dict:
-    """Send this node's users and presence to the login server; raises LoginServerError."""
+    """Send this node's users and presence to the login server; raises LoginServerError.
+
+    Names the login server refused (another node holds them) are logged and kept in
+    DirectorySync.refused_usernames for /health and the admin."""
     identity = local_node()
     body = build_report(exclude_session_hash=exclude_session_hash)
     try:
@@ -333,7 +338,50 @@ def report_presence(*, exclude_session_hash: str | None = None) -> dict:
         raise LoginServerError("unreachable", "login server unreachable") from None
     if response.status_code != 200:
         raise _signed_request_refusal(response)
-    return response.json()
+    try:
+        answer = response.json()
+    except ValueError:
+        raise LoginServerError("bad_answer", "the login server's answer is malformed") from None
+    if not isinstance(answer, dict):
+        raise LoginServerError("bad_answer", "the login server's answer is malformed")
+    record_refused_usernames(refused=_refused_names(answer.get("refused", [])))
+    return answer
+
+
+# A report carries at most P2P_REPORT_MAX_USERS names; the stored list is bounded anyway.
+MAX_REFUSED_KEPT = 1000
+
+
+def _refused_names(entries: object) -> list[dict[str, str]]:
+    """The report answer's refused names, as [{"username", "code"}] sorted by name; an
+    entry that is not one is skipped."""
+    refused: dict[str, str] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("code"), str):
+            continue
+        try:
+            username = protocol.validate_username(entry.get("username"))
+        except protocol.ProtocolError:
+            continue
+        refused[username] = protocol.CONTROL_CHARS.sub("", entry["code"])[:60]
+    return [{"username": n, "code": refused[n]} for n in sorted(refused)][:MAX_REFUSED_KEPT]
+
+
+def record_refused_usernames(*, refused: list[dict[str, str]]) -> None:
+    """Keep the names the login server refused in the latest report; a change is logged
+    (a warning naming them) and written, an unchanged list costs one read."""
+    stored = DirectorySync.objects.filter(pk=1).values_list("refused_usernames", flat=True)
+    if list(stored) == [refused]:
+        return
+    DirectorySync.objects.update_or_create(pk=1, defaults={"refused_usernames": refused})
+    if refused:
+        logger.warning(
+            "login server refused usernames of this node: %s",
+            ", ".join(f"{r['username']} ({r['code']})" for r in refused[:20]),
+            extra={"usernames": [r["username"] for r in refused], "count": len(refused)},
+        )
+    else:
+        logger.info("login server accepts every username of this node again")
 
 
 def request_presence_report(*, exclude_session_key: str | None = None) -> None:
@@ -553,23 +601,68 @@ def _announce_online(names: list[str]) -> None:
         hook(name)
 
 
+_MILLISECONDS = re.compile(r"[0-9]{1,16}")  # Unix milliseconds, ASCII digits only
+
+
+def _verify_unchanged(
+    identity: NodeIdentity, response: requests.Response, *, nonce: str, sync: DirectorySync
+) -> None:
+    """A 304 counts only with the login server's signature over this request's nonce and
+    the ETag this node holds; otherwise something on the path may be withholding updates."""
+    signature_header = response.headers.get("X-P2P-Signature", "")
+    generated_header = response.headers.get("X-P2P-Generated-Ms", "")
+    if not sync.etag or not signature_header:
+        raise protocol.ProtocolError(
+            "bad_unchanged_signature", "an unchanged-directory answer without a signature"
+        )
+    if not _MILLISECONDS.fullmatch(generated_header):
+        raise protocol.ProtocolError(
+            "bad_unchanged_signature", "X-P2P-Generated-Ms is not unix milliseconds"
+        )
+    generated = int(generated_header)
+    try:
+        signature = protocol.b64d(signature_header, field="X-P2P-Signature", length=64)
+    except protocol.ProtocolError:
+        raise protocol.ProtocolError(
+            "bad_unchanged_signature", "X-P2P-Signature is not a signature"
+        ) from None
+    protocol.verify_directory_unchanged(
+        bytes(identity.login_server_key),
+        signature,
+        nonce=nonce,
+        etag=sync.etag,
+        generated_ms=generated,
+    )
+    if generated < sync.generated:
+        raise protocol.ProtocolError(
+            "stale_directory", "the directory is older than the one already applied"
+        )
+
+
 def fetch_directory() -> str:
-    """Fetch the directory (ETag), verify and cache it; returns "updated" or "unchanged"."""
+    """Fetch the directory (ETag), verify and cache it; returns "updated" or "unchanged".
+
+    A 304 must be signed by the login server for this request (_verify_unchanged); a bad
+    one fails the fetch and drops the ETag, so the next fetch gets the whole signed answer.
+    """
     identity = local_node()
     sync, _ = DirectorySync.objects.get_or_create(pk=1)
     now = timezone.now()
     headers = {"If-None-Match": sync.etag} if sync.etag else {}
+    nonce = protocol.new_nonce()
     try:
         try:
             response = signed_get(
                 identity.login_server_url,
                 "/api/v1/directory",
                 headers,
+                nonce=nonce,
                 **_bounded(directory=True),
             )
         except requests.RequestException:
             raise LoginServerError("unreachable", "login server unreachable") from None
         if response.status_code == 304:
+            _verify_unchanged(identity, response, nonce=nonce, sync=sync)
             outcome = "unchanged"
         elif response.status_code == 200:
             signature = protocol.b64d(
@@ -581,7 +674,10 @@ def fetch_directory() -> str:
         else:
             raise _signed_request_refusal(response)
     except (LoginServerError, protocol.ProtocolError) as error:
-        DirectorySync.objects.filter(pk=1).update(last_attempt_at=now, last_error=error.code)
+        failed: dict[str, Any] = {"last_attempt_at": now, "last_error": error.code}
+        if error.code == "bad_unchanged_signature":
+            failed["etag"] = ""
+        DirectorySync.objects.filter(pk=1).update(**failed)
         raise
     sync.last_attempt_at = sync.last_success_at = now
     sync.last_error = ""

@@ -58,6 +58,7 @@ LOGIN_SERVER_PERMISSIONS = {
     "loginserver.add_enrolmenttoken",
     "loginserver.view_enrolmenttoken",
     "loginserver.view_userrecord",
+    "loginserver.change_userrecord",  # the release action only (loginserver migration 0003)
     "loginserver.view_serverkey",
 }
 

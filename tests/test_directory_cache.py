@@ -448,3 +448,12 @@ def test_in_production_a_node_joins_only_over_https(settings, login_server, url)
         services.join_network(login_server_url=login_server, token="t", name="hq", url=url)
     assert refused.value.code == "insecure_url"
     assert not NodeIdentity.objects.exists()
+
+
+def test_health_names_the_people_whose_names_another_node_holds():
+    join_as("hq")
+    sync()
+    DirectorySync.objects.filter(pk=1).update(
+        refused_usernames=[{"username": "dave", "code": "user_owned_by_other_node"}]
+    )
+    assert queries.login_server_health()["refused_usernames"] == ["dave"]

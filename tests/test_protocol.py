@@ -498,3 +498,110 @@ def test_a_rotation_proof_that_does_not_match_is_refused(new_key, node):
     with pytest.raises(ProtocolError) as caught:
         protocol.verify_rotation(new_key, proof, node=node)
     assert (caught.value.code, caught.value.status) == ("bad_proof", 400)
+
+
+# --- request nonces -------------------------------------------------------------------------
+def test_a_new_nonce_is_32_lower_case_hex_digits_and_fresh_each_time():
+    first, second = protocol.new_nonce(), protocol.new_nonce()
+    assert len(first) == 32 and set(first) <= set("0123456789abcdef")
+    assert first != second
+    header = protocol.sign_request(NODE_KEY, node="hq", method="GET", path="/", body=b"")
+    assert len(protocol.parse_auth_header(header).nonce) == 32  # sign_request uses it
+
+
+# --- the signed "directory unchanged" answer ------------------------------------------------
+UNCHANGED_NONCE = "0" * 32
+UNCHANGED_ETAG = '"0123456789abcdef0123456789abcdef"'
+UNCHANGED_GENERATED_MS = 1_767_225_600_000
+EXPECTED_UNCHANGED_SIG = (
+    "ZFg4bLNwBGp9widI9CrufxSy2g53hapRHXc4RvTqIVR5jxvMBxOKdYfQdVVEJHqkBNC+6gRvYq49GeWAJly2AA=="
+)
+
+
+def unchanged(**overrides) -> dict:
+    args = {
+        "nonce": UNCHANGED_NONCE,
+        "etag": UNCHANGED_ETAG,
+        "generated_ms": UNCHANGED_GENERATED_MS,
+    }
+    args.update(overrides)
+    return args
+
+
+def test_directory_unchanged_signing_bytes_are_exact():
+    assert protocol.directory_unchanged_signing_bytes(**unchanged()) == (
+        b"p2psocial/v1/directory-unchanged\x00"
+        b'00000000000000000000000000000000\n"0123456789abcdef0123456789abcdef"\n1767225600000'
+    )
+
+
+def test_it_signs_the_known_directory_unchanged_answer():
+    signature = protocol.sign_directory_unchanged(NODE_KEY, **unchanged())
+    assert protocol.b64e(signature) == EXPECTED_UNCHANGED_SIG
+
+
+def test_it_verifies_the_known_directory_unchanged_answer():
+    signature = base64.b64decode(EXPECTED_UNCHANGED_SIG)
+    protocol.verify_directory_unchanged(bytes(NODE_KEY.verify_key), signature, **unchanged())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"nonce": "1" * 32},  # the answer to another request: a replay
+        {"etag": '"ffffffffffffffffffffffffffffffff"'},
+        {"generated_ms": UNCHANGED_GENERATED_MS + 1},
+    ],
+)
+def test_a_directory_unchanged_answer_for_something_else_is_refused(change):
+    signature = base64.b64decode(EXPECTED_UNCHANGED_SIG)
+    with pytest.raises(ProtocolError) as caught:
+        protocol.verify_directory_unchanged(
+            bytes(NODE_KEY.verify_key), signature, **unchanged(**change)
+        )
+    assert caught.value.code == "bad_unchanged_signature"
+
+
+def test_a_directory_signature_is_not_a_directory_unchanged_signature():
+    message = protocol.directory_unchanged_signing_bytes(**unchanged())
+    plain = protocol.sign_directory(NODE_KEY, message[len(protocol.DOMAIN_DIRECTORY_UNCHANGED) :])
+    with pytest.raises(ProtocolError) as caught:
+        protocol.verify_directory_unchanged(bytes(NODE_KEY.verify_key), plain, **unchanged())
+    assert caught.value.code == "bad_unchanged_signature"
+
+
+# --- node addresses -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("172.32.0.1", True),  # just outside 172.16/12
+        ("2001:4860:4860::8888", True),
+        ("::ffff:8.8.8.8", True),
+        ("127.0.0.1", False),  # loopback
+        ("127.1.2.3", False),
+        ("::1", False),
+        ("10.1.2.3", False),  # private
+        ("172.16.0.1", False),
+        ("172.31.255.255", False),
+        ("192.168.1.1", False),
+        ("fc00::1", False),
+        ("fd12:3456::1", False),
+        ("169.254.169.254", False),  # link-local (cloud metadata)
+        ("fe80::1", False),
+        ("fe80::1%eth0", False),
+        ("0.0.0.0", False),  # unspecified
+        ("::", False),
+        ("224.0.0.1", False),  # multicast
+        ("ff02::1", False),
+        ("100.64.0.1", False),  # shared address space
+        ("240.0.0.1", False),  # reserved
+        ("fec0::1", False),  # site-local
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped loopback
+        ("::ffff:10.0.0.1", False),
+        ("localhost", False),  # not an address
+        ("", False),
+    ],
+)
+def test_only_public_addresses_are_allowed_for_node_urls(address, public):
+    assert protocol.is_public_address(address) is public

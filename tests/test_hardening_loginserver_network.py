@@ -1,0 +1,53 @@
+"""End to end: two offices that chose one username. The first keeps it; the second keeps
+reporting everyone else and shows which name was refused. Real login server, nodes,
+workers, beat and Redis."""
+
+import json
+
+import pytest
+
+from tests.network import Network, wait_for
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "a long enough passphrase 42"
+PROBE = (
+    "import json; from peers.models import DirectorySync, DirectoryUser; "
+    "sync = DirectorySync.objects.filter(pk=1).first(); "
+    "print(json.dumps({'refused': sync.refused_usernames if sync else None, "
+    "'listed': dict(DirectoryUser.objects.filter(listed=True)"
+    ".values_list('username', 'node__name'))}))"
+)
+
+
+def probe(net, node: str) -> dict:
+    result = net.node(node).manage("shell", "-c", PROBE)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_name_taken_by_two_offices_stays_with_the_first_and_the_second_keeps_reporting(
+    tmp_path,
+):
+    with Network(tmp_path, nodes=("hq", "branch")) as net:
+        net.create_person("hq", "alice", PASSWORD, full_name="Alice Hq")
+        wait_for(
+            lambda: probe(net, "hq")["listed"].get("alice") == "hq",
+            timeout=60,
+            message="hq's alice in hq's directory",
+        )
+        net.create_person("branch", "alice", PASSWORD, full_name="Alice Branch")
+        net.create_person("branch", "bob", PASSWORD, full_name="Bob Branch")
+
+        refused = [{"username": "alice", "code": "user_owned_by_other_node"}]
+        wait_for(
+            lambda: probe(net, "branch") == {
+                "refused": refused, "listed": {"alice": "hq", "bob": "branch"}
+            },
+            timeout=60,
+            message="branch's bob listed, its alice refused and kept as refused",
+        )  # fmt: skip
+        wait_for(
+            lambda: probe(net, "hq")["listed"] == {"alice": "hq", "bob": "branch"},
+            timeout=60,
+            message="hq sees its alice and branch's bob",
+        )
