@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from axes.admin import AccessAttemptAdmin
 from axes.models import AccessAttempt
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import QuerySet
@@ -13,6 +14,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from messaging.services import rotate_person_keys
 from peers.protocol import fingerprint
+from peers.queries import username_held_elsewhere
 
 from . import services, sessions, twofactor
 from .admin_site import admin_site
@@ -89,7 +91,21 @@ def rotate_keys(modeladmin, request: HttpRequest, queryset: QuerySet) -> None:
 ESCALATING_FIELDS = ("is_superuser", "groups", "user_permissions")
 
 
+class PersonCreationForm(UserAdmin.add_form):
+    def clean_username(self) -> str:
+        username = super().clean_username()
+        holder = username_held_elsewhere(username)
+        if holder:
+            raise forms.ValidationError(
+                f"The name {username!r} belongs to someone at the {holder} office: names are "
+                "unique across the network. Choose another one.",
+                code="username_held_elsewhere",
+            )
+        return username
+
+
 class PersonAdmin(UserAdmin):
+    add_form = PersonCreationForm
     inlines = (ProfileInline, UserKeysInline)
     actions = (reset_second_factor, rotate_keys)
     list_display = ("username", "full_name", "is_staff", "is_active", "has_2fa", "last_activity")

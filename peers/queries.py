@@ -98,3 +98,18 @@ def directory_people_by_node() -> dict[str, int]:
         .order_by("node__name")
     )
     return dict(rows)
+
+
+def username_held_elsewhere(username: str) -> str | None:
+    """The other node that holds this name in the cached directory, or None.
+
+    A name belongs to the node that first reported it: the login server would refuse it
+    in this node's reports, so nobody could reach the person made with it.
+    """
+    local = NodeIdentity.objects.filter(pk=1).values_list("name", flat=True).first()
+    return (
+        DirectoryUser.objects.filter(username=username)
+        .exclude(node__name=local or "")
+        .values_list("node__name", flat=True)
+        .first()
+    )

@@ -12,6 +12,7 @@ from accounts.errors import UsernameRejected
 from accounts.models import User
 from tests.helpers.accounts import logged_in, step_now
 from tests.helpers.factories import make_person
+from tests.helpers.messaging import join_local_node, make_remote_node, make_remote_person
 
 pytestmark = pytest.mark.django_db
 
@@ -94,3 +95,29 @@ def test_the_create_person_service_refuses_the_name_even_without_password_checks
         services.create_person(username="anne@hq", password="x", validate=False)
     assert refused.value.code == "invalid_username"
     assert not User.objects.exists()
+
+
+# --- a name another office holds -----------------------------------------------------------
+@pytest.fixture
+def carol_at_branch():
+    join_local_node("hq")
+    make_remote_person(make_remote_node("branch"), "carol")
+
+
+def test_create_person_refuses_a_name_another_office_holds(carol_at_branch):
+    with pytest.raises(CommandError) as refused:
+        call_command("create_person", "carol", "--password", "a long enough passphrase")
+    assert "belongs to someone at the branch office" in str(refused.value)
+    assert not User.objects.filter(username="carol").exists()
+
+
+def test_the_admin_add_form_refuses_a_name_another_office_holds(carol_at_branch, admin_client):
+    page = _add_person(admin_client, "carol").content.decode()
+    assert "belongs to someone at the branch office" in page
+    assert not User.objects.filter(username="carol").exists()
+
+
+def test_a_name_no_other_office_holds_is_still_free(carol_at_branch, admin_client):
+    response = _add_person(admin_client, "dora")
+    assert response.status_code == 302
+    assert User.objects.filter(username="dora").exists()

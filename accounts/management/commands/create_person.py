@@ -14,6 +14,7 @@ from accounts.errors import CodeRejected, PictureRejected, UsernameRejected
 from accounts.management.passwords import add_password_options, password_from
 from accounts.models import User
 from peers.protocol import fingerprint
+from peers.queries import username_held_elsewhere
 
 
 class Command(BaseCommand):
@@ -53,6 +54,12 @@ class Command(BaseCommand):
         username = options["username"]
         if User.objects.filter(username=username).exists():
             raise CommandError(f"a person named {username!r} already exists")
+        holder = username_held_elsewhere(username)
+        if holder:
+            raise CommandError(
+                f"the name {username!r} belongs to someone at the {holder} office (names are "
+                "unique across the network): choose another one"
+            )
         password, generated = password_from(options)
         try:
             with transaction.atomic():
