@@ -10,6 +10,7 @@ import binascii
 import io
 import logging
 import re
+from datetime import timedelta
 from urllib.parse import quote
 
 import qrcode
@@ -72,21 +73,22 @@ def qr_code_data_uri(text: str) -> str:
     return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
-def _locked_pending_device(user: User) -> TOTPDevice | None:
-    """The oldest unconfirmed authenticator of user, locked for this transaction."""
-    return (
-        TOTPDevice.objects.select_for_update()
-        .filter(user=user, confirmed=False)
-        .order_by("id")
-        .first()
-    )
+def pending_totp_device(*, user: User, device_id: int | None) -> TOTPDevice:
+    """The unconfirmed authenticator one session is enrolling: device_id, which that session
+    keeps, or a new device when it has none (yet, or any more).
 
-
-def pending_totp_device(*, user: User) -> TOTPDevice:
-    """The unconfirmed authenticator the person is enrolling, created on first call."""
+    Never another session's device: whoever else knows the password starts their own, so
+    the secret a session shows is one only that session has shown.
+    """
     with transaction.atomic():
-        device = _locked_pending_device(user)
+        device = None
+        if device_id is not None:
+            device = TOTPDevice.objects.filter(pk=device_id, user=user, confirmed=False).first()
         if device is None:
+            # An unverified session ends UNVERIFIED_SESSION_S after login, so older pending
+            # devices belong to sessions that are over.
+            cutoff = timezone.now() - timedelta(seconds=settings.UNVERIFIED_SESSION_S)
+            TOTPDevice.objects.filter(user=user, confirmed=False, created_at__lt=cutoff).delete()
             device = TOTPDevice.objects.create(user=user, name=TOTP_DEVICE_NAME, confirmed=False)
     return device
 
@@ -147,8 +149,9 @@ def _reused_or_wrong(device: TOTPDevice, token: str) -> CodeRejected:
     return CodeRejected()
 
 
-def confirm_totp_device(*, user: User, code: str) -> TOTPDevice:
-    """Confirm the pending authenticator with a code it produced; raises CodeRejected."""
+def confirm_totp_device(*, user: User, device_id: int | None, code: str) -> TOTPDevice:
+    """Confirm the pending authenticator device_id (the one this session showed) with a code
+    it produced; every other authenticator of the person is deleted. Raises CodeRejected."""
     token = normalise_code(code)
     if not _TOTP_CODE.fullmatch(token):
         raise CodeRejected(
@@ -156,7 +159,18 @@ def confirm_totp_device(*, user: User, code: str) -> TOTPDevice:
         )
     # Errors are raised after the transaction so that a failure (and its throttling) is kept.
     with transaction.atomic():
-        device = _locked_pending_device(user)
+        # One enrolment at a time per person: two sessions confirming their own devices at
+        # once must not each keep theirs (nor deadlock deleting each other's).
+        User.objects.select_for_update().filter(pk=user.pk).first()
+        if has_second_factor(user):
+            raise CodeRejected("Your authenticator app is already set up.", code="enrolled")
+        device = None
+        if device_id is not None:
+            device = (
+                TOTPDevice.objects.select_for_update()
+                .filter(pk=device_id, user=user, confirmed=False)
+                .first()
+            )
         if device is None:
             raise CodeRejected("Start the set-up again.", code="no_pending_device")
         _check_allowed(device)

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 _NEXT_KEY = "accounts_next"
 _SHOW_CODES_KEY = "accounts_show_backup_codes"
+# The authenticator this session is enrolling: its secret is shown to this session only.
+_PENDING_TOTP_KEY = "accounts_pending_totp_device"
 
 
 def home_url() -> str:
@@ -137,11 +139,14 @@ def enrol_view(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             try:
                 device = twofactor.confirm_totp_device(
-                    user=request.user, code=form.cleaned_data["code"]
+                    user=request.user,
+                    device_id=request.session.get(_PENDING_TOTP_KEY),
+                    code=form.cleaned_data["code"],
                 )
             except CodeRejected as exc:
                 form.add_error("code", exc.message)
             else:
+                request.session.pop(_PENDING_TOTP_KEY, None)
                 otp_login(request, device)
                 sessions.start_verified_session(request=request)
                 twofactor.create_backup_codes(user=request.user)
@@ -149,7 +154,10 @@ def enrol_view(request: HttpRequest) -> HttpResponse:
                 second_factor_verified.send(sender=None, request=request, user=request.user)
                 return HttpResponseRedirect(reverse("accounts:backup_codes"))
         status = 400
-    device = twofactor.pending_totp_device(user=request.user)
+    device = twofactor.pending_totp_device(
+        user=request.user, device_id=request.session.get(_PENDING_TOTP_KEY)
+    )
+    request.session[_PENDING_TOTP_KEY] = device.pk
     uri = twofactor.otpauth_uri(device)
     context = {
         "form": form,

@@ -9,7 +9,9 @@ transaction as the view's writes, so a request is either wholly applied or not a
 from __future__ import annotations
 
 import fcntl
+import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -46,7 +48,14 @@ SignedView = Callable[[HttpRequest, KnownNode], dict[str, Any] | tuple[dict[str,
 
 
 def error_response(error: protocol.ProtocolError) -> JsonResponse:
-    return JsonResponse({"error": error.as_dict()}, status=error.status)
+    return with_retry_after(JsonResponse({"error": error.as_dict()}, status=error.status))
+
+
+def with_retry_after(response: JsonResponse) -> JsonResponse:
+    """A 503 (WriterBusy) tells the caller when to send the same request again."""
+    if response.status_code == 503 and "Retry-After" not in response:
+        response["Retry-After"] = str(writer_retry_after_s())
+    return response
 
 
 def refuse_oversized_body(length: int) -> None:
@@ -145,18 +154,46 @@ def record_nonce(auth: protocol.RequestAuth) -> None:
 # (1, 2, 5, 10 ... 100 ms steps) although a signed request's transaction takes well under
 # a millisecond. Signed requests therefore queue for it first: threads of this process on
 # a lock, then processes (several web processes on one database) on an flock of a file
-# beside the database, both handed over at once. Signed requests, sending, read marking
-# and the worker's delivery writes queue here; other writers (the admin, presence and
-# directory tasks, management commands) still meet SQLite's busy timeout.
+# beside the database. Signed requests, sending, read marking and the worker's delivery
+# writes queue here; other writers (the admin, presence and directory tasks, management
+# commands) still meet SQLite's busy timeout. The queue is bounded by WRITER_LOCK_WAIT_S:
+# a writer that holds the lock longer (a stuck process, a long foreign transaction) makes
+# the others answer WriterBusy (503 with Retry-After) instead of piling up behind it.
 _sqlite_writer = threading.Lock()
 _writer_lock_files: dict[str, int] = {}
+# How long a waiter sleeps between flock attempts: short first (a transaction is well
+# under a millisecond), then every 10 ms. A free lock is taken without any sleep.
+_FLOCK_POLL_S = (0.0005, 0.001, 0.002, 0.005, 0.01)
+
+
+class WriterBusy(protocol.ProtocolError):
+    """The database's writer lock stayed taken for WRITER_LOCK_WAIT_S: nothing was written,
+    and the same request can be sent again shortly (503, Retry-After: retry_after_s)."""
+
+    code = "writer_busy"
+
+    def __init__(self) -> None:
+        super().__init__(self.code, "the server is busy writing; try again shortly", 503)
+        self.retry_after_s = writer_retry_after_s()
+
+
+def writer_retry_after_s() -> int:
+    """The Retry-After (whole seconds) of a WriterBusy answer: about one bounded wait."""
+    return max(1, math.ceil(settings.WRITER_LOCK_WAIT_S))
+
+
+def _writer_lock_path() -> str | None:
+    """The writer lock file beside the database (None for an in-memory database)."""
+    if connection.is_in_memory_db():
+        return None
+    return f"{connection.settings_dict['NAME']}.writer-lock"
 
 
 def _writer_lock_file() -> int | None:
     """This process's descriptor of the database's writer lock file (None in memory)."""
-    if connection.is_in_memory_db():
+    path = _writer_lock_path()
+    if path is None:
         return None
-    path = f"{connection.settings_dict['NAME']}.writer-lock"
     # Per process id: a forked child must open its own descriptor, since an flock held
     # through an inherited one would be shared with the parent, not exclusive.
     key = f"{os.getpid()}:{path}"
@@ -166,18 +203,54 @@ def _writer_lock_file() -> int | None:
     return fd
 
 
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _flock_before(fd: int, deadline: float) -> bool:
+    """Take the exclusive flock on fd, polling until deadline (time.monotonic()); False
+    when it is still taken then. (A blocking flock cannot be given a timeout.)"""
+    pauses = itertools.chain(_FLOCK_POLL_S, itertools.repeat(_FLOCK_POLL_S[-1]))
+    while not _try_flock(fd):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(next(pauses), remaining))
+    return True
+
+
+def _busy(started: float) -> WriterBusy:
+    logger.warning("writer lock busy", extra={"waited_s": round(time.monotonic() - started, 3)})
+    return WriterBusy()
+
+
 @contextmanager
 def _queued_for_sqlite() -> Iterator[None]:
-    with _sqlite_writer:
+    # The clock is read only when a lock is taken: the free path costs two try-locks.
+    started = None
+    if not _sqlite_writer.acquire(blocking=False):
+        started = time.monotonic()
+        if not _sqlite_writer.acquire(timeout=settings.WRITER_LOCK_WAIT_S):
+            raise _busy(started)
+    try:
         fd = _writer_lock_file()
         if fd is None:
             yield
             return
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not _try_flock(fd):
+            started = time.monotonic() if started is None else started
+            if not _flock_before(fd, started + settings.WRITER_LOCK_WAIT_S):
+                raise _busy(started)
         try:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        _sqlite_writer.release()
 
 
 @contextmanager
@@ -251,7 +324,9 @@ def signed_endpoint(resolve: NodeResolver, *, methods: tuple[str, ...] = ("POST"
                 resolve=resolve,
                 view=lambda node: view(request, node, *args, **kwargs),
             )
-            return JsonResponse(payload, status=status, json_dumps_params={"ensure_ascii": False})
+            return with_retry_after(
+                JsonResponse(payload, status=status, json_dumps_params={"ensure_ascii": False})
+            )
 
         return wrapper
 

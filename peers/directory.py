@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from django.db.models import OuterRef, Subquery
 
 from . import protocol
@@ -17,6 +19,37 @@ class UnknownUser(Exception):
     def __init__(self, username: str):
         super().__init__(f"no user named {username!r} in the directory")
         self.username = username
+
+
+class RecordExpired(protocol.ProtocolError):
+    """The login server's record of this person is past its expiry: their keys and node
+    are no longer vouched for, so nothing is sent to them or accepted from them."""
+
+    code = "record_expired"
+
+    def __init__(self, username: str):
+        super().__init__(self.code, f"the user record of {username!r} has expired")
+        self.username = username
+
+
+def record_expires(record: bytes) -> int | None:
+    """The expiry (Unix seconds) a stored user record carries; None when it has none."""
+    try:
+        expires = protocol.parse_json_object(record, what="user record").get("expires")
+    except protocol.ProtocolError:
+        return None
+    return expires if isinstance(expires, int) and not isinstance(expires, bool) else None
+
+
+def record_is_current(record: bytes, *, now: float | None = None) -> bool:
+    """Whether a stored user record is still within its lifetime; check it on every use.
+
+    It was verified (expiry included) when the directory was applied, but a node whose
+    records the login server no longer re-signs keeps its last copy in the cache. A
+    record without a readable expiry is not current.
+    """
+    expires = record_expires(record)
+    return expires is not None and expires >= (time.time() if now is None else now)
 
 
 def lookup(username: str) -> DirectoryUser:
