@@ -11,6 +11,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -257,3 +258,19 @@ def test_ctrl_c_stops_every_process_the_demo_started(demo):
         return not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 
     wait_for(gone, timeout=10, message="no process of the demo is left")
+
+
+def test_a_taken_port_is_named_and_nothing_is_started(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        hq_port = taken.getsockname()[1]
+        result = subprocess.run(
+            [runtime_python(), "-m", "p2psocial.demo", "--data", str(tmp_path / "data"),
+             "--port-base", str(hq_port - 1), "--no-qr"],
+            cwd=BASE_DIR, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"port {hq_port} (hq) is already in use" in result.stderr
+    assert "Try --port-base" in result.stderr
+    assert not (tmp_path / "data" / "demo.json").exists()
