@@ -31,7 +31,7 @@ from p2psocial.devnet import BASE_DIR, PYTHON, Network, wait_until
 
 PASSWORD = "bench-password-Xq9!"
 RESULTS = BASE_DIR / "bench" / "results"
-PARTS = ("messages", "pages", "loginserver")
+PARTS = ("messages", "pages", "loginserver", "recovery")
 # One uvicorn process per core, as docs/operations.md advises for the login server.
 LOGIN_SERVER_WEB_WORKERS = 2
 BENCH_SETTINGS = {
@@ -246,6 +246,43 @@ def wait_delivered(path: MessagePath, ids: list[str], timeout: float) -> float:
         interval=0.05,
     )
     return time.time()
+
+
+def worker_kill_recovery(net: Network, path: MessagePath, sender) -> float:
+    """Seconds from SIGKILLing hq's worker in the middle of a delivery to branch until hq
+    has that message acknowledged. A supervisor starts the worker again at once; the
+    queue waits for the dead worker's delivery lock to expire and the next outbox sweep."""
+    import signal
+
+    from django.conf import settings
+
+    from p2psocial import redis_client
+
+    hq, branch = net.node("hq"), net.node("branch")
+    lock = f"p2p:messaging:deliver-lock:{settings.CELERY_TASK_DEFAULT_QUEUE}:branch"
+    web = branch.processes["web"].popen
+    web.send_signal(signal.SIGSTOP)  # branch accepts the request but does not answer
+    try:
+        message = path.send(sender, "rcv1", f"in flight when the worker dies {uuid.uuid4()}")
+        wait_until(
+            lambda: redis_client.get().exists(lock),
+            timeout=30,
+            message="hq's worker delivering to branch",
+            interval=0.005,
+        )
+        hq.stop_worker(kill=True)
+        killed = time.time()
+    finally:
+        web.send_signal(signal.SIGCONT)
+    hq.start_worker(wait=False)
+    delivered = wait_until(
+        lambda: path.delivered_at(message.envelope_id),
+        timeout=120,
+        message="the message in flight delivered after the worker was killed",
+        interval=0.05,
+    )
+    hq.wait_worker()
+    return delivered - killed
 
 
 # --- pages ---------------------------------------------------------------------------
@@ -472,6 +509,21 @@ def main(argv: list[str] | None = None) -> int:
                 "msg/s",
                 target=">=1000",
                 n=len(ids),
+            )
+
+        if "recovery" in parts:
+            print("\nrecovery")
+            path = MessagePath(net)
+            rounds = 3 if q else 5
+            recoveries = [worker_kill_recovery(net, path, senders[2]) for _ in range(rounds)]
+            figures.add(
+                "queue moves again after a worker SIGKILLed mid-delivery (max)",
+                max(recoveries),
+                "s",
+                target="<=10",
+                n=rounds,
+                median_s=round(statistics.median(recoveries), 2),
+                outbox_sweep_interval_s=float(BENCH_SETTINGS["P2P_OUTBOX_SWEEP_INTERVAL_S"]),
             )
 
         if "pages" in parts:

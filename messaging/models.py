@@ -69,6 +69,12 @@ class Outbox(models.Model):
     destination = models.CharField(max_length=63, help_text="node name")
     raw = models.BinaryField(help_text="the exact envelope bytes that were signed")
     signature = models.BinaryField(max_length=64)
+    earlier_sealings = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="b64 of this envelope's earlier bytes, sealed before its sender's keys "
+        "changed: the receiver may hold one of them (its acknowledgement lost)",
+    )
     message = models.ForeignKey(
         Message, null=True, blank=True, on_delete=models.CASCADE, related_name="outbox"
     )

@@ -2,18 +2,47 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from django.http import HttpRequest
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
 from peers import directory, protocol
-from peers.auth import KnownNode, signed_endpoint
+from peers.auth import (
+    error_response,
+    log_refusal,
+    read_body,
+    record_nonce,
+    verify_signed,
+    write_transaction,
+)
 
 from . import services
 
 
-@signed_endpoint(directory.resolve_peer_node)
-def inbox(request: HttpRequest, node: KnownNode) -> dict[str, Any]:
-    """Answer {"acks": [...], "errors": [...]}; a malformed batch is refused whole (4xx)."""
-    items = protocol.parse_batch(request.signed_body)
-    return services.accept_envelopes(items, from_node=node)
+@csrf_exempt
+def inbox(request: HttpRequest) -> JsonResponse:
+    """Answer {"acks": [...], "errors": [...]}; a malformed batch is refused whole (4xx).
+
+    The steps of peers.auth.signed_endpoint, except that the envelopes are checked and
+    decrypted between verifying the request and the write transaction: the node's SQLite
+    writer is held only to claim the nonce and store, never for a batch's cryptography.
+    """
+    if request.method != "POST":
+        return error_response(protocol.ProtocolError("method_not_allowed", "use POST", 405))
+    path = request.get_full_path()
+    try:
+        body = read_body(request)
+        node, auth = verify_signed(
+            method=request.method,
+            path=path,
+            authorization=request.headers.get("Authorization"),
+            body=body,
+            resolve=directory.resolve_peer_node,
+        )
+        batch = services.check_envelopes(protocol.parse_batch(body), from_node=node)
+        with write_transaction():  # the nonce and the envelopes: both or neither
+            record_nonce(auth)
+            answer = services.store_envelopes(batch=batch)
+    except protocol.ProtocolError as error:
+        log_refusal(error, path=path, remote=request.META.get("REMOTE_ADDR"))
+        return error_response(error)
+    return JsonResponse(answer, json_dumps_params={"ensure_ascii": False})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -50,10 +51,6 @@ MAX_BATCHES_PER_RUN = 200
 # one (the drain picks their rows up). The flag expires on its own if a worker dies.
 SCHEDULED_FLAG_TTL_S = 30
 BATCH_BODY_HEADROOM_BYTES = 4096
-# A node's delivery lock outlives one exchange with it (PEER_REQUEST_DEADLINE_S) by this
-# much: name resolution, which the deadline does not cover, and the database work around
-# the exchange. A lock that expired mid-request would let a second task start a second one.
-DELIVERY_LOCK_MARGIN_S = 15.0
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -258,7 +255,9 @@ def reseal_outbox(*, sender: User) -> int:
         stale = [r.id for r in receipts if _envelope_sender(bytes(r.raw)) == sender.username]
         Outbox.objects.filter(id__in=stale).delete()
         rows = Outbox.objects.filter(kind="message", message__owner=sender)
-        resealed = _reseal(rows, now=timezone.now())
+        # The receiver may hold the current bytes already, with only their acknowledgement
+        # lost: it acknowledges those (not the new ones), so they are kept to check it.
+        resealed = _reseal(rows, now=timezone.now(), keep_earlier=True)
         destinations = {row.destination for row in resealed if row.failed_at is None}
         for node in sorted(destinations):
             schedule_delivery(node)
@@ -278,11 +277,12 @@ def rotate_person_keys(*, user: User) -> tuple[UserKeys, int]:
     return keys, resealed
 
 
-def _reseal(rows, *, now) -> list[Outbox]:
+def _reseal(rows, *, now, keep_earlier: bool = False) -> list[Outbox]:
     """Seal these outbox messages again (same id, time and text) with their sender's
     current keys, for their recipient's current key and node as this node knows them, and
-    make them due at once. A recipient gone from the network is left as it is: it fails
-    by age. Call inside a transaction; returns the resealed rows."""
+    make them due at once; keep_earlier keeps the bytes they had (the receiver may have
+    stored them). A recipient gone from the network is left as it is: it fails by age.
+    Call inside a transaction; returns the resealed rows."""
     rows = list(rows.filter(kind="message").select_related("message__owner__keys"))
     local_name = _local_node_name() if rows else ""
     resealed = []
@@ -301,9 +301,13 @@ def _reseal(rows, *, now) -> list[Outbox]:
             envelope_id=str(row.envelope_id),
             created_ms=message.created_ms,
         )
+        if keep_earlier:
+            row.earlier_sealings = [*row.earlier_sealings, protocol.b64e(bytes(row.raw))]
         row.raw, row.signature, row.destination = sealed.raw, sealed.signature, recipient.node
         row.next_attempt_at = now
-        row.save(update_fields=["raw", "signature", "destination", "next_attempt_at"])
+        row.save(
+            update_fields=["raw", "signature", "destination", "next_attempt_at", "earlier_sealings"]
+        )
         resealed.append(row)
     return resealed
 
@@ -447,41 +451,85 @@ def _check_read_payload(payload: dict[str, Any]) -> list[str]:
     return checked
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """What this node keeps of an envelope it stored: enough to acknowledge it again."""
+
+    sha256: str
+    sender: str
+    sender_node: str
+    kind: str
+
+
+def _stored(envelope_ids: set[str]) -> dict[str, _Stored]:
+    rows = ReceivedEnvelope.objects.filter(envelope_id__in=envelope_ids).values_list(
+        "envelope_id", "sha256", "sender", "sender_node", "kind"
+    )
+    return {str(envelope_id): _Stored(*rest) for envelope_id, *rest in rows}
+
+
+def _id_conflict() -> protocol.ProtocolError:
+    return protocol.ProtocolError(
+        "id_conflict", "another envelope was already stored under this id", 409
+    )
+
+
+def _is_resealed(envelope: protocol.Envelope, payload: dict[str, Any], stored: _Stored) -> bool:
+    """Whether envelope, from the sender of the one stored under its id, is that message
+    sealed again (same recipient, time and text; new bytes after the sender's key change)."""
+    if stored.kind != "message" or envelope.kind != "message":
+        return False  # a waiting read receipt is dropped on a key change, never resealed
+    kept = (
+        Message.objects.filter(envelope_id=envelope.id, direction=Message.Direction.IN)
+        .values_list("sender_username", "recipient_username", "created_ms", "text")
+        .first()
+    )
+    return kept == (envelope.sender, envelope.recipient, envelope.created_ms, payload.get("text"))
+
+
 @dataclass
-class _Accepted:
+class CheckedBatch:
+    """A batch from a node as check_envelopes leaves it: the answer, and the rows that
+    store_envelopes writes."""
+
+    from_node: str
+    acks: list[dict[str, str]] = field(default_factory=list)
+    refusals: list[dict[str, Any]] = field(default_factory=list)
     received: list[ReceivedEnvelope] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
-    reads: list[tuple[str, str, list[str]]] = field(default_factory=list)
+    receipts: list[tuple[str, str, list[str]]] = field(default_factory=list)  # reader, author
+    read_message_ids: set[int] = field(default_factory=set)
 
 
-def accept_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) -> dict:
-    """Check, decrypt and store a batch from a node, each envelope exactly once.
+def check_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) -> CheckedBatch:
+    """Check, decrypt and resolve a batch from a node; reads only, no write.
 
-    Returns {"acks": [...], "errors": [...]}: a signed acknowledgement per stored (or
-    already stored) envelope, an error with a stable code per refused one.
+    Every signature, decryption, payload check and read-receipt lookup happens here,
+    before the write lock, so that one peer's batch holds this node's writer only for
+    store_envelopes. Each refused envelope gets an error with a stable code, each
+    accepted or already stored one a signed acknowledgement.
     """
     local_name = _local_node_name()
     node_key = _node_signing_key()
-    parsed = [i for i in items if i.envelope is not None]
-    senders = _sender_keys(
-        {i.envelope.sender for i in parsed}, from_node=from_node.name, local_node=local_name
+    parsed = [i.envelope for i in items if i.envelope is not None]
+    names = {e.sender for e in parsed}
+    senders = _sender_keys(names, from_node=from_node.name, local_node=local_name)
+    # A name of this node spoken by another node's person (an old or raced directory
+    # entry) would land in a local person's conversation: refused.
+    local_names = (
+        set(User.objects.filter(username__in=names).values_list("username", flat=True))
+        if from_node.name != local_name
+        else set()
     )
     recipients = {
         k.user.username: k
         for k in UserKeys.objects.filter(
-            user__username__in={i.envelope.recipient for i in parsed}, user__is_active=True
+            user__username__in={e.recipient for e in parsed}, user__is_active=True
         ).select_related("user")
     }
-    known = dict(
-        (str(envelope_id), digest)
-        for envelope_id, digest in ReceivedEnvelope.objects.filter(
-            envelope_id__in=[i.envelope.id for i in parsed]
-        ).values_list("envelope_id", "sha256")
-    )
+    known = _stored({e.id for e in parsed})
     box_keys: dict[str, Any] = {}
-    accepted = _Accepted()
-    acks: list[dict[str, str]] = []
-    refusals: list[dict[str, Any]] = []
+    batch = CheckedBatch(from_node=from_node.name)
     for item in items:
         envelope = item.envelope
         try:
@@ -490,6 +538,10 @@ def accept_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) -
             if envelope.sender_node != from_node.name:
                 raise protocol.ProtocolError(
                     "sender_not_on_node", "the envelope's sender node is not the calling node"
+                )
+            if envelope.sender in local_names:
+                raise protocol.ProtocolError(
+                    "sender_is_local_name", "the sender's name is a person of this node", 403
                 )
             sender = senders.get(envelope.sender)
             if sender is None:
@@ -507,14 +559,15 @@ def accept_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) -
             if recipient is None:
                 raise protocol.ProtocolError("unknown_recipient", "no such person on this node")
             digest = protocol.sha256_hex(envelope.raw)
-            previous = known.get(envelope.id)
-            if previous is not None:
-                if previous != digest:
-                    raise protocol.ProtocolError(
-                        "id_conflict", "another envelope was already stored under this id", 409
-                    )
-                acks.append(protocol.sign_ack(node_key, envelope.id, envelope.raw))
+            stored = known.get(envelope.id)
+            if stored is not None and stored.sha256 == digest:  # the identical acknowledgement
+                batch.acks.append(protocol.sign_ack(node_key, envelope.id, envelope.raw))
                 continue
+            if stored is not None and (stored.sender, stored.sender_node) != (
+                envelope.sender,
+                envelope.sender_node,
+            ):
+                raise _id_conflict()
             if envelope.recipient not in box_keys:
                 box_keys[envelope.recipient] = box_key_for(recipient)
             payload = protocol.open_envelope(
@@ -522,28 +575,72 @@ def accept_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) -
                 recipient_box_key=box_keys[envelope.recipient],
                 sender_box_key=sender.box_key,
             )
-            _stage(accepted, envelope, payload, owner=recipient.user)
-            known[envelope.id] = digest
-            acks.append(protocol.sign_ack(node_key, envelope.id, envelope.raw))
+            if stored is not None:
+                # Its sender sealed it again (their keys changed) after the first copy
+                # arrived and the acknowledgement was lost: acknowledge the bytes stored,
+                # which the sender kept. Any other content under this id is a conflict.
+                if not _is_resealed(envelope, payload, stored):
+                    raise _id_conflict()
+                batch.acks.append(
+                    protocol.sign_ack_for_digest(node_key, envelope.id, stored.sha256)
+                )
+                continue
+            _stage(batch, envelope, payload, digest=digest, owner=recipient.user)
+            known[envelope.id] = _Stored(
+                digest, envelope.sender, envelope.sender_node, envelope.kind
+            )
+            batch.acks.append(protocol.sign_ack(node_key, envelope.id, envelope.raw))
         except protocol.ProtocolError as error:
             refusal: dict[str, Any] = {"index": item.index, **error.as_dict()}
             if envelope is not None:
                 refusal["id"] = envelope.id
-            refusals.append(refusal)
-    _store(accepted)
+            batch.refusals.append(refusal)
+    for reader, author, ids in batch.receipts:
+        batch.read_message_ids.update(_unread_by(reader=reader, author=author, ids=ids))
+    return batch
+
+
+def store_envelopes(*, batch: CheckedBatch) -> dict:
+    """Write what check_envelopes accepted, each envelope once, in the caller's write
+    transaction; writes only. Returns {"acks": [...], "errors": [...]}."""
+    if batch.received:
+        try:
+            with transaction.atomic():
+                ReceivedEnvelope.objects.bulk_create(batch.received)
+                Message.objects.bulk_create(batch.messages)
+                _mark_read(sorted(batch.read_message_ids), now=timezone.now())
+        except IntegrityError:
+            # Another request stored one of these envelopes since they were checked: the
+            # sender retries and then gets the acknowledgement of the stored copy.
+            raise protocol.ProtocolError(
+                "conflict", "concurrent delivery, retry the batch", 409
+            ) from None
     logger.info(
         "envelopes accepted",
-        extra={"node": from_node.name, "acks": len(acks), "refused": len(refusals)},
+        extra={"node": batch.from_node, "acks": len(batch.acks), "refused": len(batch.refusals)},
     )
-    return {"acks": acks, "errors": refusals}
+    return {"acks": batch.acks, "errors": batch.refusals}
+
+
+def accept_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) -> dict:
+    """check_envelopes, then store_envelopes in a write transaction of its own (the peer
+    inbox claims the request's nonce in that transaction too, see messaging.peer_api)."""
+    batch = check_envelopes(items, from_node=from_node)
+    with write_transaction():
+        return store_envelopes(batch=batch)
 
 
 def _stage(
-    accepted: _Accepted, envelope: protocol.Envelope, payload: dict[str, Any], *, owner: User
+    batch: CheckedBatch,
+    envelope: protocol.Envelope,
+    payload: dict[str, Any],
+    *,
+    digest: str,
+    owner: User,
 ) -> None:
     if envelope.kind == "message":
         text = _check_text_payload(payload)
-        accepted.messages.append(
+        batch.messages.append(
             Message(
                 envelope_id=envelope.id,
                 kind="message",
@@ -559,11 +656,11 @@ def _stage(
             )
         )
     else:
-        accepted.reads.append((envelope.sender, envelope.recipient, _check_read_payload(payload)))
-    accepted.received.append(
+        batch.receipts.append((envelope.sender, envelope.recipient, _check_read_payload(payload)))
+    batch.received.append(
         ReceivedEnvelope(
             envelope_id=envelope.id,
-            sha256=protocol.sha256_hex(envelope.raw),
+            sha256=digest,
             kind=envelope.kind,
             sender=envelope.sender,
             sender_node=envelope.sender_node,
@@ -571,48 +668,37 @@ def _stage(
     )
 
 
-def _store(accepted: _Accepted) -> None:
-    """Write a batch's accepted envelopes in one transaction."""
-    if not accepted.received:
-        return
-    now = timezone.now()
-    try:
-        with transaction.atomic():
-            ReceivedEnvelope.objects.bulk_create(accepted.received)
-            Message.objects.bulk_create(accepted.messages)
-            for reader, author, ids in accepted.reads:
-                _apply_read_receipt(reader=reader, author=author, ids=ids, now=now)
-    except IntegrityError:
-        # Another request stored one of these envelopes at the same moment: the
-        # sender retries and then gets the acknowledgement of the stored copy.
-        raise protocol.ProtocolError(
-            "conflict", "concurrent delivery, retry the batch", 409
-        ) from None
-
-
-def _apply_read_receipt(*, reader: str, author: str, ids: list[str], now) -> None:
-    """reader read these messages of author: only author's messages to reader change."""
-    read = Message.objects.filter(
-        direction=Message.Direction.OUT,
-        owner__username=author,
-        sender_username=author,
-        recipient_username=reader,
-        envelope_id__in=ids,
-    ).exclude(status=Message.Status.READ)
-    message_ids = list(read.values_list("id", flat=True))
-    if not message_ids:
-        return
-    Message.objects.filter(id__in=message_ids, delivered_at__isnull=True).update(delivered_at=now)
-    Message.objects.filter(id__in=message_ids).update(
-        status=Message.Status.READ, read_at=now, error=""
+def _unread_by(*, reader: str, author: str, ids: list[str]) -> list[int]:
+    """author's messages to reader among ids that reader has not read yet: only those a
+    receipt from reader may mark read."""
+    return list(
+        Message.objects.filter(
+            direction=Message.Direction.OUT,
+            owner__username=author,
+            sender_username=author,
+            recipient_username=reader,
+            envelope_id__in=ids,
+        )
+        .exclude(status=Message.Status.READ)
+        .values_list("id", flat=True)
     )
-    Outbox.objects.filter(message_id__in=message_ids).delete()
+
+
+def _mark_read(message_ids: list[int], *, now) -> None:
+    """Mark these outgoing messages read (and delivered, if the receipt came first)."""
+    for start in range(0, len(message_ids), READ_RECEIPT_MAX_IDS):
+        chunk = message_ids[start : start + READ_RECEIPT_MAX_IDS]
+        unread = Message.objects.filter(id__in=chunk).exclude(status=Message.Status.READ)
+        unread.filter(delivered_at__isnull=True).update(delivered_at=now)
+        unread.update(status=Message.Status.READ, read_at=now, error="")
+        Outbox.objects.filter(message_id__in=chunk).delete()
 
 
 # --- delivering ---------------------------------------------------------------------------
 @dataclass
 class DeliveryResult:
-    """What one deliver_pending run did; retry_in_s is set while the node is backing off."""
+    """What one deliver_pending run did; retry_in_s is set while the node is backing off,
+    busy_for_s when another worker's lock on the node lasts that long unless extended."""
 
     node: str
     delivered: int = 0
@@ -620,6 +706,7 @@ class DeliveryResult:
     batches: int = 0
     retry_in_s: float | None = None
     busy: bool = False
+    busy_for_s: float | None = None
     more: bool = False
 
 
@@ -627,21 +714,80 @@ class _Unreachable(Exception):
     """The whole batch did not get through (network, 5xx, refused batch, bad answer)."""
 
 
+def delivery_lock_ttl_s() -> float:
+    """A node's delivery lock lives this long unless its holder extends it; a heartbeat
+    thread does, every third of it, for as long as the holder drains the node (however
+    slow the exchange). So a worker killed mid-delivery stalls that queue this long."""
+    return settings.DELIVERY_LOCK_TTL_S
+
+
+class _HeldLock:
+    """A node's delivery lock while this worker holds it: a heartbeat thread extends it to
+    a full TTL every third of the TTL, also while an exchange waits on the peer, until
+    release(). held turns False if the lock was lost (it expired, e.g. while this process
+    was frozen, and maybe another worker has it now)."""
+
+    def __init__(self, node: str, lock: Any, ttl_s: float) -> None:
+        self.node = node
+        self._lock = lock
+        self._lost = threading.Event()
+        self._released = threading.Event()
+        self._heartbeat = threading.Thread(
+            target=self._keep, args=(ttl_s / 3,), name=f"delivery-lock {node}", daemon=True
+        )
+        self._heartbeat.start()
+
+    @property
+    def held(self) -> bool:
+        return not self._lost.is_set()
+
+    def _keep(self, every_s: float) -> None:
+        while not self._released.wait(every_s):
+            try:
+                self._lock.reacquire()
+            except redis.exceptions.LockNotOwnedError:
+                self._lost.set()
+                logger.warning("delivery lock lost", extra={"node": self.node})
+                return
+            except redis.RedisError as exc:
+                # Redis is away: nobody can take the lock meanwhile; try again next beat.
+                logger.warning(
+                    "delivery lock not extended", extra={"node": self.node, "error": str(exc)}
+                )
+
+    def release(self) -> None:
+        self._released.set()
+        self._heartbeat.join()
+        if self.held:
+            with contextlib.suppress(redis.RedisError):
+                self._lock.release()
+
+
+def _lock_name(node: str) -> str:
+    return f"p2p:messaging:deliver-lock:{settings.CELERY_TASK_DEFAULT_QUEUE}:{node}"
+
+
+def _lock_expires_in_s(node: str) -> float | None:
+    """How long node's delivery lock lasts unless its holder extends it (None: unknown)."""
+    try:
+        remaining_ms = redis_client.get().pttl(_lock_name(node))
+    except redis.RedisError:
+        return None
+    return remaining_ms / 1000 if remaining_ms >= 0 else None
+
+
 @contextlib.contextmanager
-def _node_lock(node: str) -> Iterator[Any]:
+def _node_lock(node: str) -> Iterator[_HeldLock | bool | None]:
     """A Redis lock so that one worker at a time sends a node's queue.
 
-    Yields the lock, None when Redis is unavailable (delivery is idempotent, so going
+    Yields the held lock, None when Redis is unavailable (delivery is idempotent, so going
     on without it only risks duplicate work), or False when another worker holds it.
     """
-    name = f"p2p:messaging:deliver-lock:{settings.CELERY_TASK_DEFAULT_QUEUE}:{node}"
+    name = _lock_name(node)
+    ttl_s = delivery_lock_ttl_s()
     try:
-        # Renewed between batches, so every exchange starts with the full lifetime: it
-        # never expires while one of this worker's requests can still be running, and a
-        # killed worker's lock stalls its node's queue for well under a minute.
-        lock = redis_client.get().lock(
-            name, timeout=settings.PEER_REQUEST_DEADLINE_S + DELIVERY_LOCK_MARGIN_S
-        )
+        # Not thread-local: the heartbeat thread extends the lock this thread took.
+        lock = redis_client.get().lock(name, timeout=ttl_s, thread_local=False)
         acquired = lock.acquire(blocking=False)
     except redis.RedisError as exc:
         logger.warning("delivery lock unavailable", extra={"node": node, "error": str(exc)})
@@ -650,11 +796,11 @@ def _node_lock(node: str) -> Iterator[Any]:
     if not acquired:
         yield False
         return
+    held = _HeldLock(node, lock, ttl_s)
     try:
-        yield lock
+        yield held
     finally:
-        with contextlib.suppress(redis.RedisError):
-            lock.release()
+        held.release()
 
 
 def _due(node: str):
@@ -668,9 +814,9 @@ def _due_rows(node: str) -> list[Outbox]:
     rows = list(
         _due(node)
         .order_by("id")
-        .only("id", "envelope_id", "raw", "signature", "message_id", "attempts")[
-            : settings.DELIVERY_BATCH_MAX_ENVELOPES
-        ]
+        .only(
+            "id", "envelope_id", "raw", "signature", "earlier_sealings", "message_id", "attempts"
+        )[: settings.DELIVERY_BATCH_MAX_ENVELOPES]
     )
     budget = settings.PEER_MAX_BODY_BYTES - BATCH_BODY_HEADROOM_BYTES
     size = 0
@@ -699,8 +845,7 @@ def _post_batch(node: str, rows: list[Outbox]) -> tuple[bytes, list, list]:
             except protocol.ProtocolError as error:
                 items.append(protocol.BatchItem(index, None, None, error))
         try:
-            with write_transaction():
-                answer = accept_envelopes(items, from_node=KnownNode(local_name, verify_key, None))
+            answer = accept_envelopes(items, from_node=KnownNode(local_name, verify_key, None))
         except protocol.ProtocolError as error:
             raise _Unreachable(error.code) from None
         return verify_key, answer["acks"], answer["errors"]
@@ -766,6 +911,19 @@ def _record_failure(node: str, rows: list[Outbox], reason: str) -> float:
     return delay
 
 
+def _acknowledges(verify_key: bytes, ack: dict, row: Outbox) -> bool:
+    """Whether ack is the receiver's verified acknowledgement of bytes this node sealed for
+    row: the ones just sent, or an earlier sealing of the envelope that it stored before
+    (it answers with the digest of what it holds). Either way, what arrived is what was sent."""
+    for raw in [bytes(row.raw), *(protocol.b64d(b, field="sealing") for b in row.earlier_sealings)]:
+        try:
+            protocol.verify_ack(verify_key, ack, envelope_id=str(row.envelope_id), raw=raw)
+        except protocol.ProtocolError:
+            continue
+        return True
+    return False
+
+
 def _apply_answer(
     node: str, rows: list[Outbox], verify_key: bytes, acks: list, refusals: list
 ) -> tuple[int, int]:
@@ -777,9 +935,7 @@ def _apply_answer(
         row = by_id.get(envelope_id) if isinstance(envelope_id, str) else None
         if row is None:
             continue
-        try:
-            protocol.verify_ack(verify_key, ack, envelope_id=envelope_id, raw=bytes(row.raw))
-        except protocol.ProtocolError:
+        if not _acknowledges(verify_key, ack, row):
             logger.warning("acknowledgement refused", extra={"node": node, "envelope": envelope_id})
             continue
         delivered[envelope_id] = row
@@ -857,7 +1013,7 @@ def _apply_answer(
     return len(delivered), failed_count
 
 
-def _drain(node: str, lock: Any, result: DeliveryResult) -> None:
+def _drain(node: str, lock: _HeldLock | None, result: DeliveryResult) -> None:
     for _ in range(MAX_BATCHES_PER_RUN):
         state = DestinationState.objects.filter(node=node, next_attempt_at__isnull=False).first()
         if state is not None and state.next_attempt_at > timezone.now():
@@ -866,31 +1022,23 @@ def _drain(node: str, lock: Any, result: DeliveryResult) -> None:
         rows = _due_rows(node)
         if not rows:
             return
+        if lock is not None and not lock.held:
+            result.busy = True  # another worker may have the node now: it drains the rest
+            return
         try:
             verify_key, acks, refusals = _post_batch(node, rows)
         except _Unreachable as exc:
             result.retry_in_s = _record_failure(node, rows, str(exc))
             return
+        # Applied even if the lock was lost meanwhile: acknowledgements are verified per
+        # envelope against the bytes sent and refusals concern single envelopes, so a
+        # second worker's answer for the same rows agrees. Only a second post must not
+        # happen, and none starts once the lock is lost.
         delivered, failed = _apply_answer(node, rows, verify_key, acks, refusals)
         result.delivered += delivered
         result.failed += failed
         result.batches += 1
-        if lock and not _renew(node, lock):
-            result.busy = True  # another worker has the node now: it drains the rest
-            return
     result.more = True
-
-
-def _renew(node: str, lock: Any) -> bool:
-    """Give the node's lock a full lifetime for the next exchange; False if it was lost."""
-    try:
-        lock.reacquire()
-    except redis.exceptions.LockNotOwnedError:
-        logger.warning("delivery lock lost", extra={"node": node})
-        return False
-    except redis.RedisError:
-        pass  # Redis went away: go on as without a lock
-    return True
 
 
 def deliver_pending(*, node: str) -> DeliveryResult:
@@ -904,6 +1052,7 @@ def deliver_pending(*, node: str) -> DeliveryResult:
         with _node_lock(node) as lock:
             if lock is False:
                 result.busy = True
+                result.busy_for_s = _lock_expires_in_s(node)
                 return result
             _drain(node, lock, result)
         if result.busy:

@@ -8,12 +8,18 @@ from . import services
 
 # Backoffs up to this long are waited out by Celery; longer ones are the sweeper's.
 SHORT_RETRY_S = 60.0
+# A task that finds the node's lock taken looks once more just after it would expire: if
+# its holder was killed, the queue moves then, not at the next sweep. Only a first run
+# does, so tasks for a node that a live worker drains end instead of circling.
+LOCK_EXPIRY_MARGIN_S = 0.2
 
 
 @shared_task(bind=True, name="messaging.tasks.deliver_to_node", acks_late=True, max_retries=None)
 def deliver_to_node(self, node_name: str) -> None:
     """Drain the outbox of one destination node in signed batches."""
     result = services.deliver_pending(node=node_name)
+    if result.busy_for_s is not None and not self.request.retries:
+        raise self.retry(countdown=result.busy_for_s + LOCK_EXPIRY_MARGIN_S)
     if result.more:
         raise self.retry(countdown=0)
     if result.retry_in_s is not None and result.retry_in_s <= SHORT_RETRY_S:

@@ -221,6 +221,9 @@ DELIVERY_MAX_AGE_S = env_int("P2P_DELIVERY_MAX_AGE_S", 7 * 24 * 3600)
 DELIVERY_BACKOFF_BASE_S = env_float("P2P_DELIVERY_BACKOFF_BASE_S", 1.0)
 DELIVERY_BACKOFF_MAX_S = env_float("P2P_DELIVERY_BACKOFF_MAX_S", 300.0)
 DELIVERY_BATCH_MAX_ENVELOPES = env_int("P2P_DELIVERY_BATCH_MAX_ENVELOPES", 200)
+# A node's delivery lock expires this long after its holder stops extending it (a worker
+# killed mid-delivery): the time that node's queue can stall.
+DELIVERY_LOCK_TTL_S = env_float("P2P_DELIVERY_LOCK_TTL_S", 6.0)
 PEER_HTTP_TIMEOUT_S = env_float("P2P_PEER_HTTP_TIMEOUT_S", 10.0)
 # The whole of one delivery request to a peer (connect, send the batch, read the answer):
 # PEER_HTTP_TIMEOUT_S bounds each socket operation only, so a trickling peer needs this.
