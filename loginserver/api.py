@@ -105,6 +105,7 @@ from peers.auth import (
     read_body,
     run_signed,
     signed_endpoint,
+    writer_retry_after_s,
 )
 
 from . import directory, services
@@ -178,7 +179,10 @@ class Answer:
     @classmethod
     def json(cls, payload: dict, status: int = 200) -> Answer:
         body = json.dumps(payload, cls=DjangoJSONEncoder, ensure_ascii=False).encode()
-        return cls(status, body, {"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if status == 503:  # WriterBusy: the same request may be sent again after this
+            headers["Retry-After"] = str(writer_retry_after_s())
+        return cls(status, body, headers)
 
     def http_response(self) -> HttpResponse:
         return HttpResponse(self.body, status=self.status, headers=self.headers)

@@ -31,6 +31,14 @@ class UnknownRecipient(MessagingError):
     status = 404
 
 
+class RecipientRecordExpired(MessagingError):
+    """The login server's record of the recipient has expired: their keys are no longer
+    vouched for (their office has not reported for a long time)."""
+
+    code = "record_expired"
+    status = 409
+
+
 class CannotMessageSelf(MessagingError):
     code = "cannot_message_self"
 

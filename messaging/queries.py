@@ -102,17 +102,18 @@ def delivery_health() -> dict[str, Any]:
 class Address:
     node: str | None  # None: an active person of this node
     box_key: bytes
+    record: bytes | None  # the login server's record of a person of another node
 
 
 # Every send resolves its recipient: one plain statement instead of two ORM queries (the
 # ORM's query building costs ten times the SQLite lookup itself). Same filters as
 # peers.directory.lookup: a listed person of an active node; this node's people first.
 _ADDRESS_SQL = """
-    SELECT 0, NULL, k.box_public
+    SELECT 0, NULL, k.box_public, NULL
       FROM accounts_userkeys k JOIN accounts_user u ON u.id = k.user_id
      WHERE u.username = %s AND u.is_active
     UNION ALL
-    SELECT 1, n.name, d.box_key
+    SELECT 1, n.name, d.box_key, d.record
       FROM peers_directoryuser d JOIN peers_peernode n ON n.id = d.node_id
      WHERE d.username = %s AND d.listed AND n.active
     ORDER BY 1
@@ -127,4 +128,4 @@ def recipient_address(username: str) -> Address | None:
         row = cursor.fetchone()
     if row is None:
         return None
-    return Address(row[1], bytes(row[2]))
+    return Address(row[1], bytes(row[2]), None if row[3] is None else bytes(row[3]))

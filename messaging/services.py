@@ -30,7 +30,7 @@ from accounts import services as account_services
 from accounts.keys import box_key_for, signing_key_for
 from accounts.models import User, UserKeys
 from p2psocial import redis_client
-from peers import protocol
+from peers import directory, protocol
 from peers.auth import KnownNode, write_transaction
 from peers.models import DirectoryUser, PeerNode
 from peers.services import request_presence_report
@@ -44,7 +44,10 @@ INBOX_PATH = "/api/v1/inbox"
 DELIVER_TASK = "messaging.tasks.deliver_to_node"
 # A receiver may not know a new sender (or a sender's new keys) until its next directory
 # fetch: these per-envelope refusals are retried with backoff instead of failing at once.
-RETRYABLE_CODES = frozenset({"unknown_sender", "sender_not_on_node", "bad_envelope_signature"})
+# Refusals that a directory catching up can cure (the sender's keys, node or record).
+RETRYABLE_CODES = frozenset(
+    {"unknown_sender", "sender_not_on_node", "bad_envelope_signature", "record_expired"}
+)
 READ_RECEIPT_MAX_IDS = 400  # keeps one receipt envelope well under MAX_ENVELOPE_BYTES
 MAX_BATCHES_PER_RUN = 200
 # While a delivery task for a node is queued or draining, sends skip enqueueing another
@@ -140,11 +143,17 @@ class Recipient:
 
 def resolve_recipient(username: str, *, local_name: str | None = None) -> Recipient:
     """Where a person lives and their public box key: this node's users first, then the
-    directory cache. Raises UnknownRecipient."""
+    directory cache. Raises UnknownRecipient, or RecipientRecordExpired for a person of
+    another node whose user record has expired."""
     local_name = local_name or _local_node_name()
     address = queries.recipient_address(username)
     if address is None or address.node == local_name:  # listed but no account here (any more)
         raise errors.UnknownRecipient(f"There is nobody called {username!r}.")
+    if address.record is not None and not directory.record_is_current(address.record):
+        raise errors.RecipientRecordExpired(
+            f"{username}'s entry in the network directory has expired, so nothing can be "
+            "sent to them safely for now (their office may be offline). Try again later."
+        )
     return Recipient(username, address.node or local_name, address.box_key)
 
 
@@ -334,8 +343,8 @@ def mark_conversation_read(*, viewer: User, peer_username: str) -> int:
     local_name = _local_node_name()
     try:
         recipient = resolve_recipient(peer_username, local_name=local_name)
-    except errors.UnknownRecipient:
-        recipient = None  # gone from the network: read here, nobody to tell
+    except (errors.UnknownRecipient, errors.RecipientRecordExpired):
+        recipient = None  # gone from the network (or not vouched for): nobody to tell
     rows = []
     if recipient is not None:  # sealed before the write lock, which is held only to write
         for start in range(0, len(ids), READ_RECEIPT_MAX_IDS):
@@ -413,6 +422,7 @@ class _SenderKeys:
     node: str
     sign_key: bytes
     box_key: bytes
+    current: bool = True  # False: the directory's record of this sender has expired
 
 
 def _sender_keys(usernames: set[str], *, from_node: str, local_node: str) -> dict:
@@ -425,7 +435,15 @@ def _sender_keys(usernames: set[str], *, from_node: str, local_node: str) -> dic
             for k in rows.select_related("user")
         }
     rows = DirectoryUser.objects.filter(username__in=usernames, listed=True).select_related("node")
-    return {d.username: _SenderKeys(d.node.name, bytes(d.sign_key), bytes(d.box_key)) for d in rows}
+    return {
+        d.username: _SenderKeys(
+            d.node.name,
+            bytes(d.sign_key),
+            bytes(d.box_key),
+            directory.record_is_current(bytes(d.record)),
+        )
+        for d in rows
+    }
 
 
 def _check_text_payload(payload: dict[str, Any]) -> str:
@@ -550,6 +568,8 @@ def check_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) ->
                 raise protocol.ProtocolError(
                     "sender_not_on_node", "the sender does not belong to the calling node"
                 )
+            if not sender.current:
+                raise directory.RecordExpired(envelope.sender)
             protocol.verify_envelope(sender.sign_key, envelope.raw, item.signature)
             if envelope.recipient_node != local_name:
                 raise protocol.ProtocolError(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from peers.auth import WriterBusy
+
 from . import services
 
 # Backoffs up to this long are waited out by Celery; longer ones are the sweeper's.
@@ -17,7 +19,10 @@ LOCK_EXPIRY_MARGIN_S = 0.2
 @shared_task(bind=True, name="messaging.tasks.deliver_to_node", acks_late=True, max_retries=None)
 def deliver_to_node(self, node_name: str) -> None:
     """Drain the outbox of one destination node in signed batches."""
-    result = services.deliver_pending(node=node_name)
+    try:
+        result = services.deliver_pending(node=node_name)
+    except WriterBusy as busy:  # another writer kept the database: nothing half-done
+        raise self.retry(countdown=busy.retry_after_s) from None
     if result.busy_for_s is not None and not self.request.retries:
         raise self.retry(countdown=result.busy_for_s + LOCK_EXPIRY_MARGIN_S)
     if result.more:

@@ -120,6 +120,7 @@ MIDDLEWARE = [
     "accounts.middleware.SecondFactorRequiredMiddleware",
     "accounts.middleware.ActivityMiddleware",
     "axes.middleware.AxesMiddleware",
+    "p2psocial.middleware.WriterBusyMiddleware",
 ]
 
 ROOT_URLCONF = "p2psocial.urls"

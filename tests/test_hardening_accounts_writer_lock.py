@@ -15,6 +15,8 @@ from django.test import Client
 from messaging import services
 from messaging.models import Message, ReceivedEnvelope
 from peers import auth, protocol
+from tests.helpers.accounts import logged_in
+from tests.helpers.factories import make_person
 from tests.helpers.messaging import (
     join_local_node,
     make_local_person,
@@ -109,3 +111,15 @@ def test_the_peer_api_answers_503_json_with_retry_after_while_busy(lock_path, ne
     assert response["Retry-After"] == "2"
     assert response.json()["error"]["code"] == "writer_busy"
     assert not ReceivedEnvelope.objects.exists()
+
+
+def test_a_person_sending_while_busy_gets_a_try_again_page(lock_path, net):
+    _, bob = net
+    _, secret = make_person("carol")
+    client = logged_in(Client(), "carol", secret)
+    with foreign_writer(lock_path):
+        response = client.post(f"/chat/{bob.username}/", {"text": "hi"})
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    assert "Busy, try again" in response.content.decode()
+    assert not Message.objects.exists()

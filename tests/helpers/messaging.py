@@ -61,16 +61,32 @@ class RemotePerson:
     box: PrivateKey
 
 
-def make_remote_person(node: RemoteNode, username: str | None = None) -> RemotePerson:
+def make_remote_person(
+    node: RemoteNode, username: str | None = None, *, expires: int | None = None
+) -> RemotePerson:
+    """A person of a remote node in the directory cache; their record expires in an hour
+    unless `expires` (Unix seconds) says otherwise."""
     username = username or f"remote{next(_counter)}"
     sign, box = SigningKey.generate(), PrivateKey.generate()
+    now = int(time.time())
+    record = protocol.make_user_record(
+        username=username,
+        node=node.name,
+        node_url=node.row.url,
+        sign_key=bytes(sign.verify_key),
+        box_key=bytes(box.public_key),
+        full_name=username.title(),
+        position="",
+        issued=now,
+        expires=now + 3600 if expires is None else expires,
+    )
     DirectoryUser.objects.create(
         username=username,
         node=node.row,
         sign_key=bytes(sign.verify_key),
         box_key=bytes(box.public_key),
         full_name=username.title(),
-        record=b"{}",
+        record=record,
         record_sig=bytes(64),
     )
     return RemotePerson(username, node, sign, box)
