@@ -23,3 +23,5 @@ else:
 from accounts.admin_site import admin_site  # noqa: E402
 
 urlpatterns += [path("admin/", admin_site.urls)]
+
+handler404 = "p2psocial.errors.not_found"

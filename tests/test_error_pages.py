@@ -36,3 +36,16 @@ def test_a_peer_posting_garbage_to_the_inbox_gets_json_not_html():
     response = Client().post("/api/v1/inbox", data=b"\xff\x00", content_type="application/json")
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "missing_signature"
+
+
+def test_an_unknown_api_path_is_a_typed_json_404_for_peers():
+    response = Client().get("/api/v2/inbox")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("path", ["/health", "/health/live"])
+def test_health_answers_405_to_a_post_not_a_csrf_page(path):
+    response = Client(enforce_csrf_checks=True).post(path)
+    assert response.status_code == 405
