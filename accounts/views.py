@@ -14,6 +14,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 from django_otp import login as otp_login
+from django_otp.models import Device
 
 from . import queries, services, sessions, twofactor
 from .errors import CodeRejected, PasswordRejected, PictureRejected
@@ -56,6 +57,21 @@ def _posted(request: HttpRequest):
 
 def _verified(request: HttpRequest) -> bool:
     return request.user.is_authenticated and request.user.is_verified()
+
+
+def _log_in_with_second_factor(request: HttpRequest, device: Device) -> None:
+    """Both factors passed: mark the session verified under a new session key.
+
+    Whoever learned the key of the password-only session (a shared machine, a log, a
+    planted cookie) must not share the verified session, as auth.login does for the
+    password step; the session's record follows the new key so ending sessions finds it.
+    """
+    old_key = request.session.session_key
+    otp_login(request, device)
+    request.session.cycle_key()
+    sessions.forget_session(session_key=old_key)
+    sessions.remember_session(user=request.user, session_key=request.session.session_key)
+    sessions.start_verified_session(request=request)
 
 
 @never_cache
@@ -110,8 +126,7 @@ def verify_view(request: HttpRequest) -> HttpResponse:
             except CodeRejected as exc:
                 form.add_error("code", exc.message)
             else:
-                otp_login(request, device)
-                sessions.start_verified_session(request=request)
+                _log_in_with_second_factor(request, device)
                 second_factor_verified.send(sender=None, request=request, user=request.user)
                 if device.__class__.__name__ == "StaticDevice":
                     left = len(twofactor.backup_codes(request.user))
@@ -147,8 +162,7 @@ def enrol_view(request: HttpRequest) -> HttpResponse:
                 form.add_error("code", exc.message)
             else:
                 request.session.pop(_PENDING_TOTP_KEY, None)
-                otp_login(request, device)
-                sessions.start_verified_session(request=request)
+                _log_in_with_second_factor(request, device)
                 twofactor.create_backup_codes(user=request.user)
                 request.session[_SHOW_CODES_KEY] = True
                 second_factor_verified.send(sender=None, request=request, user=request.user)

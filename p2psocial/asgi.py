@@ -1,5 +1,6 @@
 """ASGI entry point: `uvicorn p2psocial.asgi:application`."""
 
+import json
 import os
 
 from django.core.asgi import get_asgi_application
@@ -10,8 +11,78 @@ application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402 (configured by get_asgi_application)
 
+
+class BodyLimit:
+    """Refuse a request body over its limit before it is read, not after.
+
+    Django's ASGI handler reads the whole body (into a temporary file) before any view
+    runs, so a view's 413 comes only after the last byte, and uvicorn alone bounds nothing:
+    one client could stream gigabytes to disk. The peer and node API (/api/) take
+    P2P_PEER_MAX_BODY_BYTES; browser pages a form plus the largest upload.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    @staticmethod
+    def limit_for(path: str) -> int:
+        if path.startswith("/api/"):
+            return settings.PEER_MAX_BODY_BYTES
+        return settings.DATA_UPLOAD_MAX_MEMORY_SIZE + settings.PROFILE_PICTURE_MAX_BYTES
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await _too_large(send, limit)
+            return
+        received, over, started = 0, False, False
+
+        async def bounded_receive():
+            nonlocal received, over
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:  # a chunked body: cut when it passes the limit
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, bounded_receive, tracked_send)
+        if over and not started:
+            await _too_large(send, limit)
+
+
+async def _too_large(send, limit: int) -> None:
+    body = json.dumps(
+        {"error": {"code": "body_too_large", "message": f"body exceeds {limit} bytes"}}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 if settings.IS_LOGIN_SERVER:
     # The node API's hot endpoints (report, directory) skip Django's browser machinery.
     from loginserver.asgi import NodeApi
 
     application = NodeApi(application)
+
+application = BodyLimit(application)

@@ -441,8 +441,20 @@ def _parse_nodes(entries: list) -> dict[str, dict]:
     return nodes
 
 
-def _verify_users(entries: list, nodes: dict[str, dict], pinned: bytes, result: ApplyResult):
-    """Yield (UserRecord, entry) for every record the login server signed; log the rest."""
+def _verify_users(
+    entries: list,
+    nodes: dict[str, dict],
+    pinned: bytes,
+    result: ApplyResult,
+    *,
+    here: str,
+    local_names: set[str],
+):
+    """Yield (UserRecord, entry) for every record the login server signed; log the rest.
+
+    A record that places one of this node's people on another node is refused like a
+    forged one (its old copy stays): messages to that name stay here, no other node may
+    speak in it, and the users list and profile must not show another person under it."""
     for index, entry in enumerate(entries):
         try:
             if not isinstance(entry, dict):
@@ -452,6 +464,10 @@ def _verify_users(entries: list, nodes: dict[str, dict], pinned: bytes, result: 
             parsed = protocol.verify_user_record(pinned, record, signature)
             if parsed.node not in nodes:
                 raise protocol.ProtocolError("unknown_node", "record names an unlisted node")
+            if parsed.node != here and parsed.username in local_names:
+                raise protocol.ProtocolError(
+                    "local_name_elsewhere", "record places a person of this node on another node"
+                )
         except protocol.ProtocolError as error:
             result.rejected.append(str(index))
             logger.warning("directory record rejected", extra={"code": error.code, "index": index})
@@ -472,7 +488,17 @@ def apply_directory(*, body: bytes, signature: bytes) -> ApplyResult:
     generated = protocol.require(obj, "generated_ms", int)
     nodes = _parse_nodes(protocol.require(obj, "nodes", list))
     result = ApplyResult(nodes=len(nodes))
-    verified = list(_verify_users(protocol.require(obj, "users", list), nodes, pinned, result))
+    local_names = set(User.objects.filter(is_active=True).values_list("username", flat=True))
+    verified = list(
+        _verify_users(
+            protocol.require(obj, "users", list),
+            nodes,
+            pinned,
+            result,
+            here=identity.name,
+            local_names=local_names,
+        )
+    )
     now = timezone.now()
     with transaction.atomic():
         # A replayed older answer (signed, but from before a revocation or key change)
@@ -530,7 +556,11 @@ def apply_directory(*, body: bytes, signature: bytes) -> ApplyResult:
             if user is None:
                 to_create.append(DirectoryUser(username=parsed.username, **values))
                 continue
-            if (bytes(user.sign_key), bytes(user.box_key)) != (parsed.sign_key, parsed.box_key):
+            # A person moved to another node is flagged like new keys: that node would get
+            # their messages and its acknowledgements would say "delivered".
+            moved = user.node_id != values["node"].pk
+            keys = (bytes(user.sign_key), bytes(user.box_key))
+            if moved or keys != (parsed.sign_key, parsed.box_key):
                 user.keys_changed_at = now
                 result.keys_changed.append(parsed.username)
             for name, value in values.items():

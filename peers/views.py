@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from html import escape
 from urllib.parse import quote
 
@@ -19,6 +21,7 @@ from accounts.models import User
 
 from . import directory, protocol, queries, services
 from .identity import is_joined, local_node
+from .presence import local_presence
 
 
 def _chat_prefix() -> str:
@@ -116,13 +119,64 @@ def _person_or_404(username: str):
         raise Http404("no such person") from None
 
 
+@dataclass(frozen=True)
+class _Office:
+    name: str
+
+
+@dataclass(frozen=True)
+class _PersonHere:
+    """A person of this node as their profile shows them, from this node's own records."""
+
+    username: str
+    full_name: str
+    position: str
+    status: str
+    last_seen: datetime | None
+    node: _Office
+    sign_key: bytes
+    box_key: bytes
+
+
+def _person_here(user: User, office: str) -> _PersonHere:
+    presence = local_presence([user])[user.pk]
+    profile = getattr(user, "profile", None)
+    return _PersonHere(
+        username=user.username,
+        full_name=profile.full_name if profile else "",
+        position=profile.position if profile else "",
+        status=presence.status,
+        last_seen=(
+            datetime.fromtimestamp(presence.last_seen, tz=dt_timezone.utc)
+            if presence.last_seen is not None
+            else None
+        ),
+        node=_Office(office),
+        sign_key=bytes(user.keys.sign_public),
+        box_key=bytes(user.keys.box_public),
+    )
+
+
 @login_required
 @require_GET
 def profile(request: HttpRequest, username: str) -> HttpResponse:
     person = _person_or_404(username)
+    here = local_node().name if is_joined() else None
     local = None
-    if is_joined() and person.node.name == local_node().name:
-        local = User.objects.filter(username=username).select_related("profile").first()
+    if here is not None:
+        local = (
+            User.objects.filter(username=username, is_active=True, keys__isnull=False)
+            .select_related("profile", "keys")
+            .first()
+        )
+    key_change_pending = directory.key_change_pending(request.user, username)
+    if local is not None and person.node.name != here:
+        # The directory lists this node's person at another office (a raced or forged
+        # record). As for messages, which go to this node's person and which no other node
+        # may send in this name, this node's own person wins: never another's fingerprint.
+        person, key_change_pending = _person_here(local, here), False
+    elif person.node.name != here:
+        local = None
     return render(
         request,
         "peers/profile.html",
@@ -130,7 +184,7 @@ def profile(request: HttpRequest, username: str) -> HttpResponse:
             "person": person,
             "local_profile": getattr(local, "profile", None),
             "fingerprint": protocol.fingerprint(bytes(person.sign_key), bytes(person.box_key)),
-            "key_change_pending": directory.key_change_pending(request.user, username),
+            "key_change_pending": key_change_pending,
             "freshness": queries.directory_freshness(),
             "chat_url": reverse("messaging:conversation", args=[username]),
             "is_self": username == request.user.get_username(),
