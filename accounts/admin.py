@@ -7,7 +7,7 @@ from axes.models import AccessAttempt
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -48,9 +48,22 @@ class UserKeysInline(admin.StackedInline):
         return fingerprint(bytes(keys.box_public))
 
 
+def _manageable(request: HttpRequest) -> Q:
+    """Whom the admin user may act on (password, second factor, keys, lockouts): a
+    superuser anyone; anyone else, people without admin rights, and themselves. Otherwise
+    one office administrator could reset another's (or a superuser's) second factor and
+    password and log in as them."""
+    if request.user.is_superuser:
+        return Q()
+    return Q(is_superuser=False, is_staff=False) | Q(pk=request.user.pk)
+
+
+def _may_manage(request: HttpRequest, user: User) -> bool:
+    return User.objects.filter(_manageable(request), pk=user.pk).exists()
+
+
 def _changeable(request: HttpRequest, queryset: QuerySet) -> QuerySet:
-    """The people the admin user may act on: only a superuser acts on superusers."""
-    return queryset if request.user.is_superuser else queryset.filter(is_superuser=False)
+    return queryset.filter(_manageable(request))
 
 
 @admin.action(
@@ -136,12 +149,12 @@ class PersonAdmin(UserAdmin):
         return (*readonly, "is_staff")
 
     def has_change_permission(self, request, obj=None) -> bool:
-        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+        if obj is not None and not _may_manage(request, obj):
             return False  # their password or second factor would be a way in
         return super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request, obj=None) -> bool:
-        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+        if obj is not None and not _may_manage(request, obj):
             return False
         return super().has_delete_permission(request, obj)
 
@@ -179,8 +192,26 @@ class DeviceAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
+    def get_queryset(self, request):
+        # Deleting an administrator's devices would leave their account behind the
+        # password alone, and the next login enrols whoever typed it.
+        manageable = User.objects.filter(_manageable(request)).values("pk")
+        return super().get_queryset(request).filter(user__in=manageable)
+
+
+class LockoutAdmin(AccessAttemptAdmin):
+    """Lockouts of the people the admin user may manage only: clearing an administrator's
+    lockout would let someone go on guessing their password."""
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        protected = User.objects.exclude(_manageable(request)).values("username")
+        return queryset.exclude(username__in=protected)
+
 
 admin_site.register(User, PersonAdmin)
 admin_site.register(TOTPDevice, DeviceAdmin)
 admin_site.register(StaticDevice, DeviceAdmin)
-admin_site.register(AccessAttempt, AccessAttemptAdmin)
+admin_site.register(AccessAttempt, LockoutAdmin)

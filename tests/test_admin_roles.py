@@ -554,3 +554,74 @@ def test_a_login_server_administrator_enrols_and_revokes_nodes_in_the_admin(tmp_
     assert seen["fingerprint_shown"]
     assert seen["token_shown"] and seen["tokens"] == 1
     assert seen["revoke"] == 302 and seen["node_active"] is False
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("target", ["superuser", "another office administrator"])
+def test_an_office_administrator_cannot_delete_an_administrators_devices(target):
+    if target == "superuser":
+        victim, _ = make_person("root", staff=True)
+    else:
+        victim, _ = make_office_administrator("other-it")
+    device = TOTPDevice.objects.get(user=victim)
+    _, client = _office_admin_client()
+
+    listing = client.get("/admin/otp_totp/totpdevice/").content.decode()
+    deleted = client.post(f"/admin/otp_totp/totpdevice/{device.pk}/delete/", {"post": "yes"})
+
+    assert victim.username not in listing
+    assert deleted.status_code in (403, 302)
+    assert TOTPDevice.objects.filter(pk=device.pk).exists()
+
+
+@pytest.mark.django_db
+def test_an_office_administrator_cannot_clear_an_administrators_lockout():
+    from axes.models import AccessAttempt
+
+    make_person("root", staff=True)
+    make_person("alice")
+    for username in ("root", "alice"):
+        AccessAttempt.objects.create(
+            username=username, ip_address="203.0.113.9", user_agent="x", failures_since_start=5
+        )
+    _, client = _office_admin_client()
+
+    listing = client.get("/admin/axes/accessattempt/").content.decode()
+    client.post(
+        "/admin/axes/accessattempt/",
+        {"action": "delete_selected", "post": "yes",
+         "_selected_action": list(AccessAttempt.objects.values_list("pk", flat=True))},
+    )  # fmt: skip
+
+    assert "alice" in listing and "root" not in listing
+    assert list(AccessAttempt.objects.values_list("username", flat=True)) == ["root"]
+
+
+@pytest.mark.django_db
+def test_an_office_administrator_cannot_set_another_administrators_password():
+    other, _ = make_office_administrator("other-it")
+    _, client = _office_admin_client()
+
+    response = client.post(
+        f"/admin/accounts/user/{other.pk}/password/",
+        {"password1": "a takeover passphrase", "password2": "a takeover passphrase"},
+    )
+
+    assert response.status_code == 403
+    other.refresh_from_db()
+    assert other.check_password(DEFAULT_PASSWORD)
+
+
+@pytest.mark.django_db
+def test_an_office_administrator_still_manages_their_own_account_and_people():
+    admin, client = _office_admin_client()
+    alice, _ = make_person("alice")
+
+    for person in (admin, alice):
+        response = client.post(
+            f"/admin/accounts/user/{person.pk}/password/",
+            {"password1": "a brand new passphrase", "password2": "a brand new passphrase"},
+        )
+        assert response.status_code == 302
+        person.refresh_from_db()
+        assert person.check_password("a brand new passphrase")
