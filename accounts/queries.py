@@ -8,6 +8,17 @@ from django.urls import reverse
 from .models import Profile, User
 
 
+def local_people(usernames=None):
+    """This node's people as the network knows them: active, with keys (a deactivated
+    person's name can be released and taken by another office). usernames narrows it."""
+    people = User.objects.filter(is_active=True, keys__isnull=False)
+    return people if usernames is None else people.filter(username__in=usernames)
+
+
+def local_usernames(usernames=None) -> set[str]:
+    return set(local_people(usernames).values_list("username", flat=True))
+
+
 def own_profile(user: User) -> Profile:
     """The person's profile; an empty one if it was never made (accounts made outside services)."""
     try:

@@ -29,6 +29,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from accounts import services as account_services
 from accounts.keys import box_key_for, signing_key_for
 from accounts.models import User, UserKeys
+from accounts.queries import local_usernames
 from p2psocial import redis_client
 from peers import directory, protocol
 from peers.auth import KnownNode, write_transaction
@@ -534,11 +535,7 @@ def check_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) ->
     senders = _sender_keys(names, from_node=from_node.name, local_node=local_name)
     # A name of this node spoken by another node's person (an old or raced directory
     # entry) would land in a local person's conversation: refused.
-    local_names = (
-        set(User.objects.filter(username__in=names).values_list("username", flat=True))
-        if from_node.name != local_name
-        else set()
-    )
+    local_names = local_usernames(names) if from_node.name != local_name else set()
     recipients = {
         k.user.username: k
         for k in UserKeys.objects.filter(

@@ -20,6 +20,7 @@ from nacl.signing import SigningKey
 
 from accounts.crypto import encrypt_at_rest
 from accounts.models import User
+from accounts.queries import local_people, local_usernames
 
 from . import protocol
 from .client import session_for, signed_get, signed_post
@@ -296,11 +297,7 @@ def _label(text: str) -> str:
 def build_report(*, exclude_session_hash: str | None = None) -> bytes:
     """This node's complete user list with keys and presence, as the report body."""
     identity = local_node()
-    users = list(
-        User.objects.filter(is_active=True, keys__isnull=False)
-        .select_related("keys", "profile")
-        .order_by("username")
-    )
+    users = list(local_people().select_related("keys", "profile").order_by("username"))
     presence = local_presence(users, exclude_session_hash=exclude_session_hash)
     entries = []
     for user in users:
@@ -488,7 +485,7 @@ def apply_directory(*, body: bytes, signature: bytes) -> ApplyResult:
     generated = protocol.require(obj, "generated_ms", int)
     nodes = _parse_nodes(protocol.require(obj, "nodes", list))
     result = ApplyResult(nodes=len(nodes))
-    local_names = set(User.objects.filter(is_active=True).values_list("username", flat=True))
+    local_names = local_usernames()
     verified = list(
         _verify_users(
             protocol.require(obj, "users", list),

@@ -18,6 +18,7 @@ from django.utils.timesince import timesince
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.models import User
+from accounts.queries import local_people
 
 from . import directory, protocol, queries, services
 from .identity import is_joined, local_node
@@ -164,11 +165,7 @@ def profile(request: HttpRequest, username: str) -> HttpResponse:
     here = local_node().name if is_joined() else None
     local = None
     if here is not None:
-        local = (
-            User.objects.filter(username=username, is_active=True, keys__isnull=False)
-            .select_related("profile", "keys")
-            .first()
-        )
+        local = local_people([username]).select_related("profile", "keys").first()
     key_change_pending = directory.key_change_pending(request.user, username)
     if local is not None and person.node.name != here:
         # The directory lists this node's person at another office (a raced or forged

@@ -270,6 +270,20 @@ def test_a_read_receipt_from_a_remote_sender_with_a_local_name_is_refused(
     assert not ReceivedEnvelope.objects.exists()
 
 
+def test_the_new_holder_of_a_departed_local_persons_name_can_write_here(client, net):
+    """A deactivated person's name, released at the login server and taken by another
+    office, belongs to that office's person now."""
+    net.carol.is_active = False
+    net.carol.save(update_fields=["is_active"])
+    new_carol = make_remote_person(net.branch, "carol")
+    hello = seal_from(new_carol, net.bob, {"text": "I am the new carol, at branch"})
+
+    answer = answer_of(post_signed(client, net.branch, batch(hello)))
+
+    assert [a["id"] for a in answer["acks"]] == [hello.id]
+    assert answer["errors"] == []
+
+
 def test_a_local_person_still_writes_to_another_local_person(net):
     services.send_message(sender=net.carol, recipient_username="bob", text="same office")
 
