@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -145,13 +146,59 @@ def _resolve(host: str, port: int) -> list[str]:
     return addresses
 
 
+class _RecentRefusals:
+    """Node URLs refused lately, so that a node reporting the same bad URL again and again
+    costs one DNS lookup per NODE_URL_REFUSAL_MEMORY_S, not one per report (the lookup may
+    wait NODE_URL_RESOLVE_TIMEOUT_S on the thread that answers every node)."""
+
+    MAX_ENTRIES = 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._refused: dict[str, tuple[float, ProtocolError]] = {}
+
+    def get(self, url: str) -> ProtocolError | None:
+        with self._lock:
+            entry = self._refused.get(url)
+            if entry is None or entry[0] < time.monotonic():
+                self._refused.pop(url, None)
+                return None
+            return entry[1]
+
+    def add(self, url: str, error: ProtocolError) -> None:
+        with self._lock:
+            if len(self._refused) >= self.MAX_ENTRIES:
+                self._refused.pop(next(iter(self._refused)))
+            self._refused[url] = (time.monotonic() + NODE_URL_REFUSAL_MEMORY_S, error)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._refused.clear()
+
+
+NODE_URL_REFUSAL_MEMORY_S = 300.0
+recent_url_refusals = _RecentRefusals()
+
+
 def check_node_url_address(url: str) -> None:
     """In production (unless P2P_ALLOW_PRIVATE_NODE_URLS), refuse a node URL whose host is,
     or resolves to, an address that is not public (peers.protocol.is_public_address); a
     host that does not resolve within NODE_URL_RESOLVE_TIMEOUT_S is refused too. May wait
-    for DNS: never call it in a write transaction."""
+    for DNS: never call it in a write transaction. A refusal is remembered for
+    NODE_URL_REFUSAL_MEMORY_S."""
     if not node_urls_must_be_public():
         return
+    remembered = recent_url_refusals.get(url)
+    if remembered is not None:
+        raise remembered
+    try:
+        _check_public(url)
+    except ProtocolError as error:
+        recent_url_refusals.add(url, error)
+        raise
+
+
+def _check_public(url: str) -> None:
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)

@@ -372,14 +372,18 @@ def verify_directory_unchanged(
 
 
 # --- node addresses -----------------------------------------------------------------------
-_SHARED_ADDRESS_SPACE = ipaddress.IPv4Network("100.64.0.0/10")  # carrier-grade NAT, RFC 6598
+_NOT_PUBLIC_V4 = (
+    ipaddress.IPv4Network("100.64.0.0/10"),  # shared address space (carrier-grade NAT)
+    ipaddress.IPv4Network("192.88.99.0/24"),  # 6to4 relay anycast (deprecated)
+)
 
 
 def is_public_address(address: str) -> bool:
     """Whether a node URL may lead to this IP address: not loopback, link-local, private
-    (10/8, 172.16/12, 192.168/16, fc00::/7 ...), unspecified, multicast, reserved or
-    shared (100.64/10). An IPv4-mapped IPv6 address is judged as its IPv4 address; text
-    that is not an IP address is not public."""
+    (10/8, 172.16/12, 192.168/16, fc00::/7 ...), unspecified, multicast, reserved, shared
+    (100.64/10) or a tunnel relay. An IPv4-mapped or 6to4 IPv6 address is judged as the
+    IPv4 address it carries; Teredo is refused; text that is not an IP address is not
+    public."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -387,9 +391,11 @@ def is_public_address(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        elif ip.is_site_local:  # fec0::/10, deprecated but still routed locally
+        elif ip.sixtofour is not None:  # 2002::/16 carries an IPv4 address: judge that one
+            ip = ip.sixtofour
+        elif ip.teredo is not None or ip.is_site_local:  # tunnels, fec0::/10 (deprecated)
             return False
-    if isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED_ADDRESS_SPACE:
+    if isinstance(ip, ipaddress.IPv4Address) and any(ip in net for net in _NOT_PUBLIC_V4):
         return False
     return not (
         ip.is_loopback

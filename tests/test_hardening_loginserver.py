@@ -232,8 +232,10 @@ def production(settings, monkeypatch):
     settings.PRODUCTION = True
     dns = Dns()
     monkeypatch.setattr(socket, "getaddrinfo", dns.getaddrinfo)
+    services.recent_url_refusals.clear()  # each test starts with no remembered refusal
     yield dns
     dns.hang.set()  # lets a lookup the test abandoned finish
+    services.recent_url_refusals.clear()
 
 
 def enrol_at(client, url: str, name: str = "hq"):
@@ -324,6 +326,17 @@ def test_a_report_moving_a_node_to_a_public_address_is_checked_once_and_stored(c
     assert production.lookups == ["branch.example.com"]
     assert Node.objects.get().url == "https://branch.example.com"
     assert UserRecord.objects.get().username == "alice"
+
+
+def test_a_node_reporting_a_refused_url_again_costs_no_new_lookup(client, production):
+    key = production_node(client, production)
+    production.hosts["evil.example.com"] = ["10.0.0.7"]
+    lookups = len(production.lookups)
+
+    answers = [report_at(client, key, "https://evil.example.com") for _ in range(3)]
+
+    assert [a.json()["error"]["code"] for a in answers] == ["private_node_url"] * 3
+    assert production.lookups[lookups:] == ["evil.example.com"]
 
 
 def test_a_report_keeping_its_url_costs_no_lookup(client, production):

@@ -599,6 +599,11 @@ def test_a_directory_signature_is_not_a_directory_unchanged_signature():
         ("fec0::1", False),  # site-local
         ("::ffff:127.0.0.1", False),  # IPv4-mapped loopback
         ("::ffff:10.0.0.1", False),
+        ("2002:7f00:1::", False),  # 6to4 carrying 127.0.0.1
+        ("2002:a00:1::", False),  # 6to4 carrying 10.0.0.1
+        ("2002:5db8:d822::1", True),  # 6to4 carrying 93.184.216.34
+        ("192.88.99.1", False),  # 6to4 relay anycast
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", False),  # Teredo
         ("localhost", False),  # not an address
         ("", False),
     ],
