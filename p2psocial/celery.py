@@ -33,6 +33,13 @@ def _adopt_request_id(task=None, **kwargs: object) -> None:
     request_id_var.set(request_id or f"task-{task.request.id}")
 
 
+@task_prerun.connect
+def _record_activity(**kwargs: object) -> None:
+    from .tasks import record_activity
+
+    record_activity()
+
+
 @task_postrun.connect
 def _forget_request_id(**kwargs: object) -> None:
     request_id_var.set("-")
@@ -61,6 +68,9 @@ def _schedule_periodic_tasks(sender: Celery, **kwargs: object) -> None:
         (SESSION_CLEANUP_INTERVAL_S, "accounts.tasks.clear_expired_sessions", "clear sessions"),
     ]
     for interval, task, name in periodic:
+        kwargs = {"periodic": True} if task == "peers.tasks.report_presence" else {}
         sender.add_periodic_task(
-            interval, sender.signature(task, options={"expires": interval}), name=name
+            interval,
+            sender.signature(task, kwargs=kwargs, options={"expires": interval}),
+            name=name,
         )

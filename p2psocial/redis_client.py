@@ -1,11 +1,14 @@
 """One Redis connection pool per process, for heartbeats and live events."""
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 
 import redis
 from django.conf import settings
+from redis.exceptions import LockError
 
 from . import workerstate
 
@@ -52,3 +55,23 @@ def worker_state() -> WorkerState:
         queued=int(queued),
         redis_uptime_s=float(info.get("uptime_in_seconds", 0)),
     )
+
+
+@contextmanager
+def single_flight(name: str, *, ttl_s: float) -> Iterator[bool]:
+    """`with single_flight("report", ttl_s=35) as mine:` True for the one caller (across
+    processes) that may go ahead; False while another holds it. The lock expires after
+    ttl_s if its holder dies. With Redis unavailable, everyone goes ahead (True)."""
+    try:
+        lock = get().lock(f"p2p:single-flight:{settings.CELERY_TASK_DEFAULT_QUEUE}:{name}",
+                          timeout=ttl_s)  # fmt: skip
+        mine = lock.acquire(blocking=False)
+    except redis.RedisError:
+        yield True
+        return
+    try:
+        yield mine
+    finally:
+        if mine:
+            with suppress(redis.RedisError, LockError):
+                lock.release()

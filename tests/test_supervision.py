@@ -277,3 +277,36 @@ def test_check_worker_says_so_when_redis_itself_is_down(settings):
         assert failed.value.returncode == 2
     finally:
         redis_client.get.cache_clear()
+
+
+# --- what keeps the heartbeat honest --------------------------------------------------------
+def test_a_task_starting_refreshes_the_heartbeat(node_redis, monkeypatch):
+    from p2psocial import tasks
+
+    monkeypatch.setattr(tasks, "_last_activity_write", 0.0)
+    tasks.record_activity()
+    first = float(node_redis.get(redis_client.heartbeat_key()))
+    tasks.record_activity()  # within a second: no second write
+    assert float(node_redis.get(redis_client.heartbeat_key())) == first
+    assert redis_client.worker_state().heartbeat_age_s < 5
+
+
+def test_only_one_caller_at_a_time_goes_ahead(node_redis):
+    with redis_client.single_flight("report", ttl_s=30) as first:
+        with redis_client.single_flight("report", ttl_s=30) as second:
+            assert (first, second) == (True, False)
+    with redis_client.single_flight("report", ttl_s=30) as after:
+        assert after is True
+
+
+def test_a_periodic_report_is_skipped_while_another_is_in_flight(node_redis, monkeypatch):
+    from peers import services as peer_services
+    from peers import tasks as peer_tasks
+
+    calls = []
+    monkeypatch.setattr(peer_tasks, "is_joined", lambda: True)
+    monkeypatch.setattr(peer_services, "report_presence", lambda **kw: calls.append(kw))
+    with redis_client.single_flight("report-presence", ttl_s=30):
+        peer_tasks.report_presence(periodic=True)
+        peer_tasks.report_presence()  # a login's report runs all the same
+    assert calls == [{"exclude_session_hash": None}]
