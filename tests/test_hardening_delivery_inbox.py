@@ -17,9 +17,8 @@ from messaging.models import Message, Outbox, ReceivedEnvelope
 from peers import auth, protocol
 from peers.models import DirectoryUser
 from tests.helpers.messaging import (
-    join_local_node,
+    make_inbox_network,
     make_local_person,
-    make_remote_node,
     make_remote_person,
     post_signed,
     seal_from,
@@ -31,20 +30,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def net():
-    """This node "hq" with bob and carol; node "branch" with rita; node "other" with olga."""
-
-    class Net:
-        pass
-
-    n = Net()
-    n.node_key = join_local_node("hq")
-    n.bob = make_local_person("bob")
-    n.carol = make_local_person("carol")
-    n.branch = make_remote_node("branch")
-    n.other = make_remote_node("other")
-    n.rita = make_remote_person(n.branch, "rita")
-    n.olga = make_remote_person(n.other, "olga")
-    return n
+    return make_inbox_network("carol")
 
 
 def batch(*sealed: protocol.SignedEnvelope) -> bytes:

@@ -12,9 +12,8 @@ from peers import protocol
 from peers.models import SeenNonce
 from tests.helpers.messaging import (
     INBOX,
-    join_local_node,
+    make_inbox_network,
     make_local_person,
-    make_remote_node,
     make_remote_person,
     post_signed,
     seal_from,
@@ -26,19 +25,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def net():
-    """This node "hq" with bob; node "branch" with rita; node "other" with olga."""
-
-    class Net:
-        pass
-
-    n = Net()
-    n.node_key = join_local_node("hq")
-    n.bob = make_local_person("bob")
-    n.branch = make_remote_node("branch")
-    n.other = make_remote_node("other")
-    n.rita = make_remote_person(n.branch, "rita")
-    n.olga = make_remote_person(n.other, "olga")
-    return n
+    return make_inbox_network()
 
 
 def entry(sealed: protocol.SignedEnvelope) -> dict:

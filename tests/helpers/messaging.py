@@ -168,3 +168,34 @@ def stored_message(
     )
     fields.update(kw)
     return Message.objects.create(**fields)
+
+
+@dataclass
+class InboxNetwork:
+    """This node "hq" with bob (and more local people); node "branch" with rita; node
+    "other" with olga: the cast of the inbox tests."""
+
+    node_key: SigningKey
+    bob: User
+    branch: RemoteNode
+    other: RemoteNode
+    rita: RemotePerson
+    olga: RemotePerson
+
+
+def make_inbox_network(*local_people: str) -> InboxNetwork:
+    """The inbox tests' network; local_people adds more people to this node (as attributes)."""
+    node_key = join_local_node("hq")
+    bob = make_local_person("bob")
+    branch, other = make_remote_node("branch"), make_remote_node("other")
+    net = InboxNetwork(
+        node_key=node_key,
+        bob=bob,
+        branch=branch,
+        other=other,
+        rita=make_remote_person(branch, "rita"),
+        olga=make_remote_person(other, "olga"),
+    )
+    for username in local_people:
+        setattr(net, username, make_local_person(username))
+    return net
