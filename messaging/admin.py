@@ -7,12 +7,13 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from accounts.admin_site import admin_site
+from accounts.roles import OFFICE_ADMINISTRATORS
 
 from . import services
 from .models import DestinationState, Message, Outbox, ReceivedEnvelope
 
 
-@admin.action(description="Retry failed deliveries")
+@admin.action(description="Retry failed deliveries", permissions=("retry",))
 def retry_failed_deliveries(modeladmin, request: HttpRequest, queryset: QuerySet) -> None:
     if queryset.model is Outbox:
         ids = [i for i in queryset.values_list("message_id", flat=True) if i]
@@ -28,6 +29,12 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        """Sending again is a write: office administrators and superusers, not everyone
+        who may look at deliveries."""
+        user = request.user
+        return user.is_superuser or user.groups.filter(name=OFFICE_ADMINISTRATORS).exists()
 
 
 @admin.register(Message, site=admin_site)

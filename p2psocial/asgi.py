@@ -17,18 +17,27 @@ class BodyLimit:
 
     Django's ASGI handler reads the whole body (into a temporary file) before any view
     runs, so a view's 413 comes only after the last byte, and uvicorn alone bounds nothing:
-    one client could stream gigabytes to disk. The peer and node API (/api/) take
-    P2P_PEER_MAX_BODY_BYTES; browser pages a form plus the largest upload.
+    one client could stream gigabytes to disk. Each path takes what it needs: enrolment
+    P2P_ENROL_MAX_BODY_BYTES (anyone may call it), the rest of the node API (/api/)
+    P2P_PEER_MAX_BODY_BYTES, the pages that take a profile picture (the profile form, the
+    admin) a form plus the largest picture, and every other page a form.
     """
+
+    # Pages whose forms carry a profile picture.
+    PICTURE_PREFIXES = ("/profile/", "/admin/")
 
     def __init__(self, app):
         self.app = app
 
-    @staticmethod
-    def limit_for(path: str) -> int:
+    @classmethod
+    def limit_for(cls, path: str) -> int:
+        if path == "/api/v1/enrol":
+            return settings.ENROL_MAX_BODY_BYTES
         if path.startswith("/api/"):
             return settings.PEER_MAX_BODY_BYTES
-        return settings.DATA_UPLOAD_MAX_MEMORY_SIZE + settings.PROFILE_PICTURE_MAX_BYTES
+        if path.startswith(cls.PICTURE_PREFIXES):
+            return settings.DATA_UPLOAD_MAX_MEMORY_SIZE + settings.PROFILE_PICTURE_MAX_BYTES
+        return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

@@ -303,6 +303,27 @@ def test_an_office_administrator_can_retry_failed_deliveries(model):
 
 
 @pytest.mark.django_db
+def test_staff_who_may_only_look_at_deliveries_cannot_retry_them():
+    alice, _ = make_person("alice")
+    message = _failed_message(alice)
+    viewer, secret = make_person("viewer")
+    viewer.is_staff = True
+    viewer.save(update_fields=["is_staff"])
+    viewer.user_permissions.add(Permission.objects.get(codename="view_message"))
+    client = admin_logged_in(Client(), "viewer", secret)
+
+    listing = client.get("/admin/messaging/message/").content.decode()
+    client.post(
+        "/admin/messaging/message/",
+        {"action": "retry_failed_deliveries", "_selected_action": [message.pk]},
+    )
+
+    assert "retry_failed_deliveries" not in listing
+    message.refresh_from_db()
+    assert message.status == Message.Status.FAILED
+
+
+@pytest.mark.django_db
 def test_an_office_administrator_never_sees_message_text():
     alice, _ = make_person("alice")
     message = _failed_message(alice)

@@ -49,3 +49,20 @@ def test_an_unknown_api_path_is_a_typed_json_404_for_peers():
 def test_health_answers_405_to_a_post_not_a_csrf_page(path):
     response = Client(enforce_csrf_checks=True).post(path)
     assert response.status_code == 405
+
+
+@pytest.mark.parametrize(
+    ("path", "limit_setting"),
+    [
+        ("/api/v1/enrol", "ENROL_MAX_BODY_BYTES"),
+        ("/api/v1/inbox", "PEER_MAX_BODY_BYTES"),
+        ("/login/", "DATA_UPLOAD_MAX_MEMORY_SIZE"),
+    ],
+)
+def test_each_path_takes_a_body_only_as_large_as_it_needs(path, limit_setting):
+    from django.conf import settings
+
+    from p2psocial.asgi import BodyLimit
+
+    assert BodyLimit.limit_for(path) == getattr(settings, limit_setting)
+    assert BodyLimit.limit_for("/profile/") > settings.PROFILE_PICTURE_MAX_BYTES
