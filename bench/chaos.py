@@ -147,7 +147,7 @@ class Chaos:
         secrets_by_user = {
             user: self.net.create_person(node, user, PASSWORD) for node, user in self.people()
         }
-        self.net.wait_ready(Counter(node for node, _ in self.people()), timeout=120)
+        self.net.wait_ready(timeout=120)
         for node, user in self.people():
             base = self.net.node(node).direct_url
             session = login(base, user, PASSWORD, self.net.totp_code(secrets_by_user[user]))

@@ -21,7 +21,6 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from urllib.parse import quote
 
@@ -117,13 +116,6 @@ def create_admins(net: Network) -> list[dict]:
          **login_facts(username, "login", password, secret)}
     )  # fmt: skip
     return admins
-
-
-def people_by_node(facts: dict) -> dict[str, int]:
-    """How many people each node has: its people and its office administrator."""
-    counts = Counter(p["node"] for p in facts["people"])
-    counts.update(a["node"] for a in facts["admins"] if a["node"])
-    return dict(counts)
 
 
 def _print_login(out, who: dict, url: str, *, qr: bool) -> None:
@@ -232,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             "admins": admins,
         }
         say("waiting until each office lists the other's people...")
-        net.wait_ready(people_by_node(facts), timeout=READY_TIMEOUT_S, stop=stop.is_set)
+        net.wait_ready(timeout=READY_TIMEOUT_S, stop=stop.is_set)
         if not stop.is_set():
             write_private(facts_file, facts)
             print_summary(facts, qr=not args.no_qr)

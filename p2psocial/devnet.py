@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -418,21 +418,23 @@ class Server:
 
 
 def readiness_problems(
-    figures: Mapping[str, Mapping | None], people: Mapping[str, int], *, login_server: str
+    figures: Mapping[str, Mapping | None], nodes: Iterable[str], *, login_server: str
 ) -> list[str]:
     """What still keeps a started network from being usable; empty when it is ready.
 
-    figures: /health answers by server name (None when it did not answer); people: how
-    many people each node has. Ready means every server answers, every node's worker has
-    a heartbeat, and every node's directory lists everyone of every other node. Only
-    beat fetches the directory, so that last check also proves beat and the worker run on
-    the listing node, and that the listed node has reported its people.
+    figures: /health answers by server name (None when it did not answer). Ready means
+    every server answers, every node's worker has a heartbeat, and every node's directory
+    lists every person of every other node (as many as that node has people the network
+    can list: active, with keys, names not held elsewhere). Only beat fetches the
+    directory, so that last check also proves beat and the worker run on the listing node,
+    and that the listed node has reported its people.
     """
+    nodes = list(nodes)
     problems = []
     login = figures.get(login_server)
     if not login or login.get("status") != "ok":
         problems.append("the login server does not answer /health yet")
-    for name in people:
+    for name in nodes:
         health = figures.get(name)
         if not health:
             problems.append(f"{name} does not answer /health yet")
@@ -440,8 +442,14 @@ def readiness_problems(
         if health.get("worker_heartbeat_age_s") is None:
             problems.append(f"{name}'s worker has not reported a heartbeat yet")
         listed = health.get("directory_people") or {}
-        for other, count in people.items():
-            if other != name and listed.get(other, 0) < count:
+        for other in nodes:
+            other_health = figures.get(other)
+            if other == name or not other_health:
+                continue
+            count = other_health.get("local_people", 0) - len(
+                other_health.get("refused_usernames") or []
+            )
+            if listed.get(other, 0) < count:
                 problems.append(
                     f"{name}'s directory lists {listed.get(other, 0)} of {count} people of {other}"
                 )
@@ -693,27 +701,29 @@ class Network:
         for server in self.all_servers():
             yield from server.processes.values()
 
-    def readiness_problems(self, people: Mapping[str, int]) -> list[str]:
+    def readiness_problems(self, nodes: Iterable[str]) -> list[str]:
         assert self.login_server is not None
         figures = {server.name: server.health() for server in self.all_servers()}
-        return readiness_problems(figures, people, login_server=self.login_server.name)
+        return readiness_problems(figures, nodes, login_server=self.login_server.name)
 
     def wait_ready(
         self,
-        people: Mapping[str, int],
+        nodes: Iterable[str] | None = None,
         *,
         timeout: float = READY_TIMEOUT_S,
         interval: float = 0.5,
         stop: Callable[[], bool] = lambda: False,
     ) -> None:
-        """Wait until readiness_problems() is empty; DevnetError says what is still missing."""
+        """Wait until readiness_problems() is empty for these nodes (default: all);
+        DevnetError says what is still missing."""
+        nodes = list(self.nodes) if nodes is None else list(nodes)
         problems: list[str] = []
         deadline = time.monotonic() + timeout
         while not stop():
             for proc in self.processes():
                 if proc.exited:
                     raise DevnetError(proc.exit_report("while the network was starting"))
-            problems = self.readiness_problems(people)
+            problems = self.readiness_problems(nodes)
             if not problems:
                 return
             if time.monotonic() > deadline:

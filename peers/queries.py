@@ -9,6 +9,8 @@ from django.conf import settings
 from django.db.models import Case, Count, IntegerField, Value, When
 from django.utils import timezone
 
+from accounts.queries import local_people
+
 from .models import DirectorySync, DirectoryUser, NodeIdentity
 
 _STATUS_ORDER = Case(
@@ -68,6 +70,7 @@ def login_server_health() -> dict:
             "login_server": "not_joined",
             "directory_age_s": None,
             "directory_people": {},
+            "local_people": local_people().count(),
             "refused_usernames": [],
         }
     sync = (
@@ -82,6 +85,8 @@ def login_server_health() -> dict:
             round((timezone.now() - last).total_seconds(), 1) if last is not None else None
         ),
         "directory_people": directory_people_by_node(),
+        # people of this node the network can list: active, with keys
+        "local_people": local_people().count(),
         # people of this node whose names another node holds: not in the directory
         "refused_usernames": sorted(
             entry.get("username", "") for entry in (sync or {}).get("refused_usernames") or []

@@ -130,7 +130,7 @@ def enrol(network: Network, name: str) -> NodeSignature:
 @pytest.fixture(scope="module")
 def network(tmp_path_factory):
     with Network(tmp_path_factory.mktemp("openapi"), nodes=("hq", "branch")) as net:
-        net.wait_ready({"hq": 0, "branch": 0})
+        net.wait_ready(["hq", "branch"])
         yield net
 
 

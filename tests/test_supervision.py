@@ -26,11 +26,17 @@ from p2psocial.devnet import (
 )
 from tests.helpers.redis import running_redis
 
-PEOPLE = {"hq": 3, "branch": 3}
+NODES = ["hq", "branch"]
 
 
-def healthy_node(**directory: int) -> dict:
-    return {"status": "ok", "worker_heartbeat_age_s": 1.0, "directory_people": directory}
+def healthy_node(local_people: int = 3, refused: tuple[str, ...] = (), **directory: int) -> dict:
+    return {
+        "status": "ok",
+        "worker_heartbeat_age_s": 1.0,
+        "directory_people": directory,
+        "local_people": local_people,
+        "refused_usernames": list(refused),
+    }
 
 
 def all_healthy() -> dict:
@@ -43,21 +49,34 @@ def all_healthy() -> dict:
 
 # --- readiness -----------------------------------------------------------------------------
 def test_a_network_whose_offices_list_each_other_is_ready():
-    assert readiness_problems(all_healthy(), PEOPLE, login_server="login") == []
+    assert readiness_problems(all_healthy(), NODES, login_server="login") == []
 
 
 def test_it_is_not_ready_while_a_directory_lacks_people_of_the_other_office():
     figures = all_healthy()
     figures["hq"] = healthy_node(hq=3, branch=2)
-    problems = readiness_problems(figures, PEOPLE, login_server="login")
+    problems = readiness_problems(figures, NODES, login_server="login")
     assert problems == ["hq's directory lists 2 of 3 people of branch"]
+
+
+def test_it_waits_for_the_people_a_node_has_now_not_those_it_once_had():
+    figures = all_healthy()
+    figures["branch"] = healthy_node(local_people=2, hq=3, branch=2)  # one deactivated
+    figures["hq"] = healthy_node(hq=3, branch=2)
+    assert readiness_problems(figures, NODES, login_server="login") == []
+
+
+def test_a_name_held_by_another_office_is_not_waited_for():
+    figures = all_healthy()
+    figures["branch"] = healthy_node(local_people=4, refused=("alice",), hq=3, branch=3)
+    assert readiness_problems(figures, NODES, login_server="login") == []
 
 
 def test_it_is_not_ready_before_a_worker_has_a_heartbeat_or_a_server_answers():
     figures = all_healthy()
     figures["branch"]["worker_heartbeat_age_s"] = None
     figures["login"] = None
-    problems = readiness_problems(figures, PEOPLE, login_server="login")
+    problems = readiness_problems(figures, NODES, login_server="login")
     assert problems == [
         "the login server does not answer /health yet",
         "branch's worker has not reported a heartbeat yet",
@@ -68,14 +87,14 @@ def test_wait_ready_keeps_waiting_and_then_says_what_is_missing(tmp_path):
     net = Network(tmp_path)
     asked = []
 
-    def still_missing(people):
-        asked.append(people)
+    def still_missing(nodes):
+        asked.append(nodes)
         return ["hq's directory lists 0 of 3 people of branch"]
 
     net.readiness_problems = still_missing
     with pytest.raises(DevnetError, match="hq's directory lists 0 of 3 people of branch"):
-        net.wait_ready(PEOPLE, timeout=0.3, interval=0.05)
-    assert len(asked) > 1 and asked[0] == PEOPLE
+        net.wait_ready(NODES, timeout=0.3, interval=0.05)
+    assert len(asked) > 1 and asked[0] == NODES
 
 
 def test_wait_ready_returns_once_the_directories_are_complete(tmp_path):
@@ -83,12 +102,12 @@ def test_wait_ready_returns_once_the_directories_are_complete(tmp_path):
     answers = iter([["hq's directory lists 2 of 3 people of branch"]] * 3 + [[]])
     calls = []
 
-    def problems(people):
+    def problems(nodes):
         calls.append(1)
         return next(answers)
 
     net.readiness_problems = problems
-    net.wait_ready(PEOPLE, timeout=10, interval=0.01)
+    net.wait_ready(NODES, timeout=10, interval=0.01)
     assert len(calls) == 4
 
 
