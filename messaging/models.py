@@ -78,6 +78,12 @@ class Outbox(models.Model):
     message = models.ForeignKey(
         Message, null=True, blank=True, on_delete=models.CASCADE, related_name="outbox"
     )
+    read_ids = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="a read receipt's message envelope ids, kept so that it can be sealed "
+        "again when its recipient's or its sender's keys change instead of being lost",
+    )
     attempts = models.PositiveIntegerField(default=0)
     queued_at = models.DateTimeField(help_text="when sending (or the last manual retry) began")
     next_attempt_at = models.DateTimeField()

@@ -49,6 +49,20 @@ def conversation_page(
     return ConversationPage(messages=page, older_cursor=page[0].id if older and page else None)
 
 
+def conversation_position(
+    *, owner: User, peer_username: str, message_id: int
+) -> tuple[int, int] | None:
+    """Where message_id stands in owner's conversation with peer, as (created_ms, id), the
+    order of conversation_page; None when it is not a message of that conversation."""
+    row = (
+        _conversation(owner, peer_username)
+        .filter(id=message_id)
+        .values_list("created_ms", "id")
+        .first()
+    )
+    return None if row is None else (row[0], row[1])
+
+
 def messages_after(*, owner: User, peer_username: str, after_id: int, limit: int = 200) -> list:
     """Messages of a conversation stored after the row after_id, in arrival order."""
     return list(_conversation(owner, peer_username).filter(id__gt=after_id).order_by("id")[:limit])

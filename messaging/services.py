@@ -22,7 +22,7 @@ import redis
 import requests
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -258,20 +258,24 @@ def send_message(*, sender: User, recipient_username: str, text: str) -> Message
 def reseal_outbox(*, sender: User) -> int:
     """Seal the sender's waiting messages again with their current keys (same id, time and
     text): after a key rotation receivers accept only the new signature. Waiting read
-    receipts of the sender are dropped; the next read sends one. Returns how many rows
-    were resealed."""
+    receipts of the sender are sealed again too (same id and ids), so those messages still
+    turn read for their authors. Returns how many messages were resealed."""
+    now = timezone.now()
     with transaction.atomic():
-        receipts = Outbox.objects.filter(kind="read").only("id", "raw")
-        stale = [r.id for r in receipts if _envelope_sender(bytes(r.raw)) == sender.username]
-        Outbox.objects.filter(id__in=stale).delete()
+        receipts = Outbox.objects.filter(kind="read", failed_at__isnull=True).only("id", "raw")
+        mine = [r.id for r in receipts if _envelope_sender(bytes(r.raw)) == sender.username]
+        resealed_receipts, _ = _reseal_receipts(Outbox.objects.filter(id__in=mine), now=now)
         rows = Outbox.objects.filter(kind="message", message__owner=sender)
         # The receiver may hold the current bytes already, with only their acknowledgement
         # lost: it acknowledges those (not the new ones), so they are kept to check it.
-        resealed = _reseal(rows, now=timezone.now(), keep_earlier=True)
-        destinations = {row.destination for row in resealed if row.failed_at is None}
+        resealed = _reseal(rows, now=now, keep_earlier=True)
+        destinations = {r.destination for r in resealed + resealed_receipts if r.failed_at is None}
         for node in sorted(destinations):
             schedule_delivery(node)
-    logger.info("outbox resealed", extra={"user_id": sender.pk, "rows": len(resealed)})
+    logger.info(
+        "outbox resealed",
+        extra={"user_id": sender.pk, "rows": len(resealed), "receipts": len(resealed_receipts)},
+    )
     return len(resealed)
 
 
@@ -300,8 +304,8 @@ def _reseal(rows, *, now, keep_earlier: bool = False) -> list[Outbox]:
         message = row.message
         try:
             recipient = resolve_recipient(message.recipient_username, local_name=local_name)
-        except errors.UnknownRecipient:
-            continue
+        except (errors.UnknownRecipient, errors.RecipientRecordExpired):
+            continue  # gone, or not vouched for now: left as it is, it fails by age
         sealed = _seal(
             sender=message.owner,
             sender_node=local_name,
@@ -329,15 +333,41 @@ def _envelope_sender(raw: bytes) -> str | None:
         return None
 
 
-def mark_conversation_read(*, viewer: User, peer_username: str) -> int:
-    """Mark the viewer's unread incoming messages from peer as read and queue read
-    receipts back to the peer's node. Returns how many messages became read."""
+def _seal_receipt(
+    *, reader: User, reader_node: str, author: Recipient, ids: list[str], envelope_id: str
+) -> protocol.SignedEnvelope:
+    return _seal(
+        sender=reader,
+        sender_node=reader_node,
+        recipient=author,
+        kind="read",
+        payload={"ids": ids},
+        envelope_id=envelope_id,
+        created_ms=_now_ms(),
+    )
+
+
+def mark_conversation_read(*, viewer: User, peer_username: str, up_to_id: int | None = None) -> int:
+    """Mark the viewer's unread incoming messages from peer as read, in conversation order
+    up to and including the viewer's message up_to_id (all of them when None), and queue
+    read receipts back to the peer's node. Idempotent; an up_to_id outside this
+    conversation marks nothing. Returns how many messages became read."""
     unread = Message.objects.filter(
         owner=viewer,
         peer_username=peer_username,
         direction=Message.Direction.IN,
         read_at__isnull=True,
     )
+    if up_to_id is not None:
+        anchor = queries.conversation_position(
+            owner=viewer, peer_username=peer_username, message_id=up_to_id
+        )
+        if anchor is None:
+            return 0
+        created_ms, message_id = anchor
+        unread = unread.filter(
+            Q(created_ms__lt=created_ms) | Q(created_ms=created_ms, id__lte=message_id)
+        )
     ids = [str(i) for i in unread.order_by("id").values_list("envelope_id", flat=True)]
     if not ids:
         return 0
@@ -350,28 +380,65 @@ def mark_conversation_read(*, viewer: User, peer_username: str) -> int:
     if recipient is not None:  # sealed before the write lock, which is held only to write
         for start in range(0, len(ids), READ_RECEIPT_MAX_IDS):
             envelope_id = protocol.new_envelope_id()
-            sealed = _seal(
-                sender=viewer,
-                sender_node=local_name,
-                recipient=recipient,
-                kind="read",
-                payload={"ids": ids[start : start + READ_RECEIPT_MAX_IDS]},
+            chunk = ids[start : start + READ_RECEIPT_MAX_IDS]
+            sealed = _seal_receipt(
+                reader=viewer,
+                reader_node=local_name,
+                author=recipient,
+                ids=chunk,
                 envelope_id=envelope_id,
-                created_ms=_now_ms(),
             )
-            rows.append(
-                _outbox_row(
-                    sealed, envelope_id=envelope_id, kind="read", destination=recipient.node
-                )
+            row = _outbox_row(
+                sealed, envelope_id=envelope_id, kind="read", destination=recipient.node
             )
+            row.read_ids = chunk
+            rows.append(row)
     now = timezone.now()
     with write_transaction():
         count = unread.filter(envelope_id__in=ids).update(read_at=now, status=Message.Status.READ)
-        if rows and count:  # 0: a parallel poll sent them
+        if rows and count:  # 0: a parallel request sent them
             Outbox.objects.bulk_create(rows)
     if rows and count:
         schedule_delivery(recipient.node)  # after the writer lock, as in send_message
     return count
+
+
+def _reseal_receipts(rows, *, now) -> tuple[list[Outbox], list[Outbox]]:
+    """Seal these waiting read receipts again (same id and ids) with their reader's current
+    keys, for their author's current key and node as this node knows them, and make them
+    due at once. A refused receipt was not stored, and a receiver that stored an earlier
+    copy refuses the new one as id_conflict, which drops it: applied already either way.
+    Call inside a transaction; returns (resealed rows, rows dropped: nothing to seal)."""
+    rows = list(rows.filter(kind="read"))
+    local_name = _local_node_name() if rows else ""
+    resealed, dropped = [], []
+    for row in rows:
+        envelope = protocol.parse_envelope(bytes(row.raw))
+        reader = (
+            User.objects.filter(username=envelope.sender, is_active=True)
+            .select_related("keys")
+            .first()
+        )
+        if not row.read_ids or reader is None:  # queued before ids were kept, or reader gone
+            dropped.append(row)
+            continue
+        try:
+            author = resolve_recipient(envelope.recipient, local_name=local_name)
+        except (errors.UnknownRecipient, errors.RecipientRecordExpired):
+            continue  # left as it is: it fails by age, or heals once the record is current
+        sealed = _seal_receipt(
+            reader=reader,
+            reader_node=local_name,
+            author=author,
+            ids=list(row.read_ids),
+            envelope_id=str(row.envelope_id),
+        )
+        row.raw, row.signature, row.destination = sealed.raw, sealed.signature, author.node
+        row.next_attempt_at = now
+        row.save(update_fields=["raw", "signature", "destination", "next_attempt_at"])
+        resealed.append(row)
+    Outbox.objects.filter(id__in=[r.id for r in dropped]).delete()
+    return resealed, dropped
 
 
 def retry_message(*, owner: User, message_id: int) -> Message:
@@ -832,7 +899,15 @@ def _due_rows(node: str) -> list[Outbox]:
         _due(node)
         .order_by("id")
         .only(
-            "id", "envelope_id", "raw", "signature", "earlier_sealings", "message_id", "attempts"
+            "id",
+            "envelope_id",
+            "kind",
+            "raw",
+            "signature",
+            "earlier_sealings",
+            "read_ids",
+            "message_id",
+            "attempts",
         )[: settings.DELIVERY_BATCH_MAX_ENVELOPES]
     )
     budget = settings.PEER_MAX_BODY_BYTES - BATCH_BODY_HEADROOM_BYTES
@@ -968,10 +1043,11 @@ def _apply_answer(
         code = str(refusal.get("code", "refused"))[:60]
         if code in RETRYABLE_CODES:
             retried.append(row)
-        elif code == "decrypt_failed" and row.message_id:
+        elif code == "decrypt_failed" and (row.message_id or row.read_ids):
             # Sealed to a key the recipient no longer has (they rotated it): seal it again
             # for the key in our directory and keep it queued. If our directory is behind,
-            # the next refusal reseals again once it has caught up.
+            # the next refusal reseals again once it has caught up. A read receipt too:
+            # dropped, its messages would stay "delivered" for their author for good.
             resealed.append(row)
         else:
             failed.setdefault(code, []).append(row)
@@ -984,9 +1060,12 @@ def _apply_answer(
     now = timezone.now()
     with write_transaction():
         if resealed:
-            again = _reseal(Outbox.objects.filter(id__in=[r.id for r in resealed]), now=now)
-            moved = {r.id: r.destination for r in again if r.destination != node}
-            resealed = [r for r in resealed if r.id not in moved]
+            chosen = Outbox.objects.filter(id__in=[r.id for r in resealed])
+            again = _reseal(chosen, now=now)
+            receipts, dropped = _reseal_receipts(chosen, now=now)
+            moved = {r.id: r.destination for r in again + receipts if r.destination != node}
+            gone = {r.id for r in dropped}
+            resealed = [r for r in resealed if r.id not in moved and r.id not in gone]
         if delivered:
             # FAILED too: the sweeper may have expired a row whose batch was in flight;
             # a verified acknowledgement is the truth.

@@ -9,5 +9,6 @@ urlpatterns = [
     path("api/v1/inbox", peer_api.inbox, name="inbox"),
     path("chat/<username:username>/", views.conversation, name="conversation"),
     path("chat/<username:username>/messages.json", views.messages_json, name="messages_json"),
+    path("chat/<username:username>/read/", views.mark_read, name="mark_read"),
     path("chat/<username:username>/retry/<int:message_id>/", views.retry, name="retry"),
 ]

@@ -1,4 +1,5 @@
-"""Browser pages of messaging: the conversation page, its JSON poll, the Retry button."""
+"""Browser pages of messaging: the conversation page, its JSON poll, marking messages
+read, the Retry button."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -49,8 +50,8 @@ def _key_change_pending(viewer: User, username: str) -> bool:
     return bool(directory.key_change_pending(viewer, username))
 
 
-def _int_param(request: HttpRequest, name: str) -> int | None:
-    value = request.GET.get(name, "")
+def _int_param(params: QueryDict, name: str) -> int | None:
+    value = params.get(name, "")
     if not value:
         return None
     if not value.isdigit() or len(value) > 18:
@@ -73,11 +74,12 @@ def conversation(request: HttpRequest, username: str) -> HttpResponse:
         else:
             return redirect("messaging:conversation", username=username)
     try:
-        before = _int_param(request, "before")
+        before = _int_param(request.GET, "before")
     except ValueError:
         before, status = None, 400
         error = "That page of the conversation does not exist."
-    services.mark_conversation_read(viewer=request.user, peer_username=username)
+    # Showing the page marks nothing read: its script does, through mark_read, once the
+    # messages are actually on screen. Without JavaScript nothing is marked read.
     page = queries.conversation_page(owner=request.user, peer_username=username, before_id=before)
     context = {
         "peer": peer,
@@ -104,15 +106,13 @@ def messages_json(request: HttpRequest, username: str) -> JsonResponse:
             status=404,
         )
     try:
-        after = _int_param(request, "after") or 0
+        after = _int_param(request.GET, "after") or 0
     except ValueError:
         return JsonResponse(
             {"error": {"code": "invalid_field", "message": "after must be a message id"}},
             status=400,
         )
     new = queries.messages_after(owner=request.user, peer_username=peer.username, after_id=after)
-    if any(m.direction == m.Direction.IN and m.read_at is None for m in new):
-        services.mark_conversation_read(viewer=request.user, peer_username=peer.username)
     statuses = queries.recent_statuses(owner=request.user, peer_username=peer.username)
     return JsonResponse(
         {
@@ -121,6 +121,44 @@ def messages_json(request: HttpRequest, username: str) -> JsonResponse:
         },
         json_dumps_params={"ensure_ascii": False},
     )
+
+
+def _json_error(code: str, message: str, status: int) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+
+
+@never_cache
+def mark_read(request: HttpRequest, username: str) -> JsonResponse:
+    """POST up_to=<message id>: the page's script reports the newest received message it
+    has shown; the conversation's messages up to it become read (idempotent). CSRF
+    protected like every POST; answers JSON."""
+    if request.method != "POST":
+        response = _json_error("method_not_allowed", "use POST", 405)
+        response["Allow"] = "POST"
+        return response
+    if not (request.user.is_authenticated and request.user.is_verified()):
+        return _json_error("login_required", "Log in to continue.", 401)
+    try:
+        peer = _peer_or_404(request.user, username)
+    except Http404:
+        return _json_error("unknown_user", "There is nobody with this name.", 404)
+    try:
+        up_to = _int_param(request.POST, "up_to")
+    except ValueError:
+        up_to = None
+    if up_to is None:
+        return _json_error("invalid_field", "up_to must be a message id", 400)
+    if (
+        queries.conversation_position(
+            owner=request.user, peer_username=peer.username, message_id=up_to
+        )
+        is None
+    ):
+        return _json_error("unknown_message", "No such message in this conversation.", 404)
+    count = services.mark_conversation_read(
+        viewer=request.user, peer_username=peer.username, up_to_id=up_to
+    )
+    return JsonResponse({"read": count})
 
 
 @login_required

@@ -15,7 +15,9 @@ from tests.helpers.messaging import (
     make_local_person,
     make_remote_node,
     make_remote_person,
-    stored_message,
+    opened_by,
+    refusal,
+    rotate_remote_box_key,
 )
 
 pytestmark = pytest.mark.django_db
@@ -255,29 +257,6 @@ def test_an_acknowledgement_that_arrives_after_the_message_expired_marks_it_deli
 
 
 # --- the recipient replaced their keys ------------------------------------------------------
-def rotate_remote_box_key(person) -> None:
-    """The recipient's node gave them a new encryption key and our directory learned it."""
-    from nacl.public import PrivateKey
-
-    from peers.models import DirectoryUser
-
-    person.box = PrivateKey.generate()
-    DirectoryUser.objects.filter(username=person.username).update(
-        box_key=bytes(person.box.public_key)
-    )
-
-
-def opened_by(person, row: Outbox, sender) -> dict:
-    envelope = protocol.parse_envelope(bytes(row.raw))
-    return protocol.open_envelope(
-        envelope, recipient_box_key=person.box, sender_box_key=bytes(sender.keys.box_public)
-    )
-
-
-def refusal(row: Outbox, code: str) -> dict:
-    return {"index": 0, "id": str(row.envelope_id), "code": code, "message": "refused"}
-
-
 def test_a_message_refused_as_undecryptable_is_sealed_again_for_the_new_key(alice, rita):
     message = services.send_message(sender=alice, recipient_username="rita", text="for old key")
     sent = Outbox.objects.get()
@@ -295,17 +274,6 @@ def test_a_message_refused_as_undecryptable_is_sealed_again_for_the_new_key(alic
     envelope = protocol.parse_envelope(bytes(row.raw))
     assert envelope.created_ms == message.created_ms
     protocol.verify_envelope(bytes(alice.keys.sign_public), bytes(row.raw), bytes(row.signature))
-
-
-def test_an_undecryptable_read_receipt_is_dropped_not_resealed(alice, rita):
-    stored_message(alice, "rita", direction="in", text="from rita")
-    assert services.mark_conversation_read(viewer=alice, peer_username="rita") == 1
-    receipt = Outbox.objects.get(kind="read")
-
-    node_key = bytes(rita.node.key.verify_key)
-    services._apply_answer("branch", [receipt], node_key, [], [refusal(receipt, "decrypt_failed")])
-
-    assert not Outbox.objects.filter(kind="read").exists()
 
 
 def test_retry_resends_the_same_bytes_so_a_stored_copy_is_acknowledged(alice, rita, settings):

@@ -199,3 +199,24 @@ def make_inbox_network(*local_people: str) -> InboxNetwork:
     for username in local_people:
         setattr(net, username, make_local_person(username))
     return net
+
+
+def rotate_remote_box_key(person: RemotePerson) -> None:
+    """The recipient's node gave them a new encryption key and our directory learned it."""
+    person.box = PrivateKey.generate()
+    DirectoryUser.objects.filter(username=person.username).update(
+        box_key=bytes(person.box.public_key)
+    )
+
+
+def opened_by(person: RemotePerson, row, sender: User) -> dict:
+    """The payload of an outbox row as `person` decrypts it."""
+    envelope = protocol.parse_envelope(bytes(row.raw))
+    return protocol.open_envelope(
+        envelope, recipient_box_key=person.box, sender_box_key=bytes(sender.keys.box_public)
+    )
+
+
+def refusal(row, code: str) -> dict:
+    """A receiver's per-envelope refusal of an outbox row, as the inbox answers it."""
+    return {"index": 0, "id": str(row.envelope_id), "code": code, "message": "refused"}
