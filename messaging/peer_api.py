@@ -11,6 +11,7 @@ from peers.auth import (
     log_refusal,
     read_body,
     record_nonce,
+    storage_errors_refused,
     verify_signed,
     write_transaction,
 )
@@ -30,18 +31,19 @@ def inbox(request: HttpRequest) -> JsonResponse:
         return error_response(protocol.ProtocolError("method_not_allowed", "use POST", 405))
     path = request.get_full_path()
     try:
-        body = read_body(request)
-        node, auth = verify_signed(
-            method=request.method,
-            path=path,
-            authorization=request.headers.get("Authorization"),
-            body=body,
-            resolve=directory.resolve_peer_node,
-        )
-        batch = services.check_envelopes(protocol.parse_batch(body), from_node=node)
-        with write_transaction():  # the nonce and the envelopes: both or neither
-            record_nonce(auth)
-            answer = services.store_envelopes(batch=batch)
+        with storage_errors_refused():  # a busy or full database: 503 or 507, never a 500
+            body = read_body(request)
+            node, auth = verify_signed(
+                method=request.method,
+                path=path,
+                authorization=request.headers.get("Authorization"),
+                body=body,
+                resolve=directory.resolve_peer_node,
+            )
+            batch = services.check_envelopes(protocol.parse_batch(body), from_node=node)
+            with write_transaction():  # the nonce and the envelopes: both or neither
+                record_nonce(auth)
+                answer = services.store_envelopes(batch=batch)
     except protocol.ProtocolError as error:
         log_refusal(error, path=path, remote=request.META.get("REMOTE_ADDR"))
         return error_response(error)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from peers.auth import WriterBusy
+from peers.auth import StorageFull, WriterBusy
 
 from . import services
 
@@ -23,6 +23,8 @@ def deliver_to_node(self, node_name: str) -> None:
         result = services.deliver_pending(node=node_name)
     except WriterBusy as busy:  # another writer kept the database: nothing half-done
         raise self.retry(countdown=busy.retry_after_s) from None
+    except StorageFull:  # this node's own disk is full: nothing half-done, try again later
+        raise self.retry(countdown=SHORT_RETRY_S) from None
     if result.busy_for_s is not None and not self.request.retries:
         raise self.retry(countdown=result.busy_for_s + LOCK_EXPIRY_MARGIN_S)
     if result.more:

@@ -1,14 +1,16 @@
-"""Cross-cutting HTTP middleware: request ids, the Content Security Policy, busy writes."""
+"""Cross-cutting HTTP middleware: request ids, the Content Security Policy, busy or full
+storage."""
 
 import re
 import secrets
 from collections.abc import Callable
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.template.loader import select_template
 
-from peers.auth import WriterBusy
+from peers.auth import StorageFull, WriterBusy, storage_refusal
 
 from .logging import request_id_var
 
@@ -52,7 +54,10 @@ class ContentSecurityPolicyMiddleware:
 
 class WriterBusyMiddleware:
     """A write refused because the database stayed busy (peers.auth.WriterBusy) is a 503
-    "try again" answer with Retry-After, not a 500: nothing of the request was saved."""
+    "try again" answer with Retry-After, and one refused because its disk is full
+    (StorageFull) a 507, not a 500: nothing of the request was saved. A view's own write
+    outside the writer queue (the admin's forms, the login) that SQLite refuses as locked
+    or full is answered the same way."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
         self.get_response = get_response
@@ -61,13 +66,20 @@ class WriterBusyMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if not isinstance(exception, WriterBusy):
+        if isinstance(exception, DatabaseError):
+            exception = storage_refusal(exception)
+        if not isinstance(exception, WriterBusy | StorageFull):
             return None
         if request.path.endswith(".json") or "application/json" in request.headers.get(
             "Accept", ""
         ):
-            response = JsonResponse({"error": exception.as_dict()}, status=503)
+            response = JsonResponse({"error": exception.as_dict()}, status=exception.status)
         else:
-            response = render(request, "503.html", status=503)
-        response["Retry-After"] = str(exception.retry_after_s)
+            # 507.html when the templates have one; until then the "nothing was saved,
+            # try again" page.
+            names = ["503.html"] if exception.status == 503 else ["507.html", "503.html"]
+            page = select_template(names).render({}, request)
+            response = HttpResponse(page, status=exception.status)
+        if isinstance(exception, WriterBusy):
+            response["Retry-After"] = str(exception.retry_after_s)
         return response

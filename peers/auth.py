@@ -16,14 +16,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import wraps
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -155,15 +155,24 @@ def record_nonce(auth: protocol.RequestAuth) -> None:
 # a millisecond. Signed requests therefore queue for it first: threads of this process on
 # a lock, then processes (several web processes on one database) on an flock of a file
 # beside the database. Signed requests, sending, read marking and the worker's delivery
-# writes queue here; other writers (the admin, presence and directory tasks, management
-# commands) still meet SQLite's busy timeout. The queue is bounded by WRITER_LOCK_WAIT_S:
-# a writer that holds the lock longer (a stuck process, a long foreign transaction) makes
-# the others answer WriterBusy (503 with Retry-After) instead of piling up behind it.
+# writes queue here; other writers (the admin, sessions, presence and directory tasks,
+# management commands) take SQLite's lock without queueing. The wait is bounded by
+# WRITER_LOCK_WAIT_S, the queue and SQLite's lock together: a writer that holds either
+# longer (a stuck process, a long foreign transaction, a tight loop of foreign writes)
+# makes queued writes answer WriterBusy (503 with Retry-After) instead of piling up behind
+# it, or failing with "database is locked" after SQLite's own busy timeout.
 _sqlite_writer = threading.Lock()
 _writer_lock_files: dict[str, int] = {}
 # How long a waiter sleeps between flock attempts: short first (a transaction is well
 # under a millisecond), then every 10 ms. A free lock is taken without any sleep.
 _FLOCK_POLL_S = (0.0005, 0.001, 0.002, 0.005, 0.01)
+# SQLite's answers to a write that cannot start or finish: another connection holds the
+# write lock (SQLITE_BUSY), or the file system is full (SQLITE_FULL).
+_SQLITE_BUSY = "database is locked"
+_SQLITE_FULL = "database or disk is full"
+_SQLITE_IOERR = "disk I/O error"
+_FULL_BELOW_BYTES = 1024 * 1024  # less free space than this is a full disk to SQLite
+_POSTGRES_DISK_FULL = "53100"  # SQLSTATE disk_full
 
 
 class WriterBusy(protocol.ProtocolError):
@@ -177,9 +186,58 @@ class WriterBusy(protocol.ProtocolError):
         self.retry_after_s = writer_retry_after_s()
 
 
+class StorageFull(protocol.ProtocolError):
+    """The database's disk is full: the write was rolled back whole, nothing was stored,
+    and the same request succeeds once an operator frees space (507)."""
+
+    code = "storage_full"
+
+    def __init__(self) -> None:
+        super().__init__(self.code, "the server's storage is full; nothing was stored", 507)
+
+
 def writer_retry_after_s() -> int:
     """The Retry-After (whole seconds) of a WriterBusy answer: about one bounded wait."""
     return max(1, math.ceil(settings.WRITER_LOCK_WAIT_S))
+
+
+def storage_refusal(error: DatabaseError) -> WriterBusy | StorageFull | None:
+    """The refusal that a database error means for the caller: WriterBusy when another
+    writer kept the database locked, StorageFull when its disk is full; None for any other
+    error. Either refusal comes from a transaction that wrote nothing."""
+    text = str(error)
+    if isinstance(error, OperationalError) and _SQLITE_BUSY in text:
+        logger.warning("writer lock busy", extra={"holder": "a writer outside the queue"})
+        return WriterBusy()
+    full = _SQLITE_FULL in text or getattr(error.__cause__, "sqlstate", None) == _POSTGRES_DISK_FULL
+    # Opening the database fails "disk I/O error" when SQLite cannot make its WAL index
+    # (the -shm file) on a full disk: that is a full disk too, any other I/O error is not.
+    if full or (_SQLITE_IOERR in text and _database_disk_is_full()):
+        logger.error("storage full: the database's disk has no space left", extra={"error": text})
+        return StorageFull()
+    return None
+
+
+def _database_disk_is_full() -> bool:
+    if connection.vendor != "sqlite" or connection.is_in_memory_db():
+        return False
+    try:
+        stats = os.statvfs(os.path.dirname(os.fspath(connection.settings_dict["NAME"])))
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < _FULL_BELOW_BYTES
+
+
+@contextmanager
+def storage_errors_refused() -> Iterator[None]:
+    """Raise a busy or full database as WriterBusy or StorageFull (see storage_refusal)."""
+    try:
+        yield
+    except DatabaseError as error:
+        refusal = storage_refusal(error)
+        if refusal is None:
+            raise
+        raise refusal from None
 
 
 def _writer_lock_path() -> str | None:
@@ -229,7 +287,9 @@ def _busy(started: float) -> WriterBusy:
 
 
 @contextmanager
-def _queued_for_sqlite() -> Iterator[None]:
+def _queued_for_sqlite() -> Iterator[float | None]:
+    """Hold this process's and the database's writer lock; yields when the wait began
+    (time.monotonic()), or None when both were free at once."""
     # The clock is read only when a lock is taken: the free path costs two try-locks.
     started = None
     if not _sqlite_writer.acquire(blocking=False):
@@ -239,28 +299,68 @@ def _queued_for_sqlite() -> Iterator[None]:
     try:
         fd = _writer_lock_file()
         if fd is None:
-            yield
+            yield started
             return
         if not _try_flock(fd):
             started = time.monotonic() if started is None else started
             if not _flock_before(fd, started + settings.WRITER_LOCK_WAIT_S):
                 raise _busy(started)
         try:
-            yield
+            yield started
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         _sqlite_writer.release()
 
 
+def _set_busy_timeout_ms(raw: Any, value: int) -> int:
+    """Set SQLite's busy timeout of a connection (ms); returns the one it had."""
+    (before,) = raw.execute("PRAGMA busy_timeout").fetchone()
+    raw.execute(f"PRAGMA busy_timeout = {int(value)}")
+    return before
+
+
+@contextmanager
+def _begun(started: float | None) -> Iterator[None]:
+    """An atomic block whose BEGIN (IMMEDIATE) waits for SQLite's lock only what is left
+    of WRITER_LOCK_WAIT_S since started (all of it when None); WriterBusy after that.
+
+    Writers outside the queue (the admin, sessions, presence tasks, management commands)
+    take SQLite's lock directly: with the connection's 20 s busy timeout the queue's head
+    would wait for them holding the queue, then fail with "database is locked". The
+    connection's own timeout is back before the block runs, for its other writes.
+    """
+    budget_s = settings.WRITER_LOCK_WAIT_S
+    if started is not None:  # the clock is read only when the queue was waited for
+        budget_s -= time.monotonic() - started
+    connection.ensure_connection()
+    raw = connection.connection
+    configured_ms = _set_busy_timeout_ms(raw, max(1, int(budget_s * 1000)))
+    stack = ExitStack()
+    try:
+        stack.enter_context(transaction.atomic())
+    except OperationalError as error:
+        if _SQLITE_BUSY not in str(error):
+            raise
+        raise _busy(time.monotonic() - budget_s if started is None else started) from None
+    finally:
+        raw.execute(f"PRAGMA busy_timeout = {int(configured_ms)}")
+    with stack:
+        yield
+
+
 @contextmanager
 def write_transaction() -> Iterator[None]:
-    """One atomic write transaction, queued first (threads and processes) on SQLite."""
+    """One atomic write transaction, queued first (threads and processes) on SQLite.
+
+    Raises WriterBusy when the database stayed locked for WRITER_LOCK_WAIT_S, StorageFull
+    when its disk is full; either way nothing of the block was written.
+    """
     if connection.vendor != "sqlite" or connection.in_atomic_block:
-        with transaction.atomic():
+        with storage_errors_refused(), transaction.atomic():
             yield
         return
-    with _queued_for_sqlite(), transaction.atomic():
+    with storage_errors_refused(), _queued_for_sqlite() as started, _begun(started):
         yield
 
 
@@ -284,12 +384,13 @@ def run_signed(
     """Verify a signed request, then claim its nonce and run view(node) in one write
     transaction. Returns (payload, status); a refusal is the error payload and its 4xx."""
     try:
-        node, auth = verify_signed(
-            method=method, path=path, authorization=authorization, body=body, resolve=resolve
-        )
-        with write_transaction():
-            record_nonce(auth)
-            result = view(node)
+        with storage_errors_refused():
+            node, auth = verify_signed(
+                method=method, path=path, authorization=authorization, body=body, resolve=resolve
+            )
+            with write_transaction():
+                record_nonce(auth)
+                result = view(node)
     except protocol.ProtocolError as error:
         log_refusal(error, path=path, remote=remote)
         return {"error": error.as_dict()}, error.status
