@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.network import Network, csrf_token, wait_for
+from tests.helpers.chat import (
+    chat_page,
+    people_on,
+    read_up_to_newest,
+    send,
+    status_of,
+    texts,
+    wait_until_listed,
+)
+from tests.network import Network, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -19,72 +28,10 @@ PASSWORD = "a long enough passphrase 42"
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     with Network(tmp_path_factory.mktemp("messaging"), nodes=("hq", "branch")) as network:
-        people = {"alice": "hq", "carol": "hq", "bob": "branch"}
-        secrets = {u: network.create_person(n, u, PASSWORD) for u, n in people.items()}
-        network.sessions = {u: network.login(n, u, PASSWORD, secrets[u]) for u, n in people.items()}
-        network.homes = people
+        people_on(network, {"alice": "hq", "carol": "hq", "bob": "branch"}, PASSWORD)
         # Each node learns the other's people from the login server's directory.
-        wait_for(
-            lambda: (
-                chat_page(network, "alice", "bob").status_code == 200
-                and chat_page(network, "bob", "alice").status_code == 200
-            ),
-            timeout=60,
-            message="alice and bob in each other's directory",
-        )
+        wait_until_listed(network, [("alice", "bob"), ("bob", "alice")])
         yield network
-
-
-def url(net, user: str, path: str) -> str:
-    return net.node(net.homes[user]).url + path
-
-
-def chat_page(net, user: str, peer: str):
-    return net.sessions[user].get(url(net, user, f"/chat/{peer}/"), timeout=10)
-
-
-def send(net, user: str, peer: str, text: str) -> None:
-    page = chat_page(net, user, peer)
-    response = net.sessions[user].post(
-        url(net, user, f"/chat/{peer}/"),
-        data={"csrfmiddlewaretoken": csrf_token(page.text), "text": text},
-        timeout=10,
-        allow_redirects=False,
-    )
-    assert response.status_code == 302, response.text[:500]
-
-
-def poll(net, user: str, peer: str) -> dict:
-    response = net.sessions[user].get(
-        url(net, user, f"/chat/{peer}/messages.json?after=0"), timeout=10
-    )
-    assert response.status_code == 200, response.text[:500]
-    return response.json()
-
-
-def texts(net, user: str, peer: str, direction: str) -> list[str]:
-    return [m["text"] for m in poll(net, user, peer)["messages"] if m["direction"] == direction]
-
-
-def read_up_to_newest(net, user: str, peer: str) -> None:
-    """What the conversation page's script does once the newest message is on screen."""
-    newest = max(m["id"] for m in poll(net, user, peer)["messages"] if m["direction"] == "in")
-    page = chat_page(net, user, peer)
-    response = net.sessions[user].post(
-        url(net, user, f"/chat/{peer}/read/"),
-        data={"up_to": newest},
-        headers={"X-CSRFToken": csrf_token(page.text)},
-        timeout=10,
-    )
-    assert response.status_code == 200, response.text[:500]
-
-
-def status_of(net, user: str, peer: str, text: str) -> str | None:
-    answer = poll(net, user, peer)
-    for m in answer["messages"]:
-        if m["text"] == text and m["direction"] == "out":
-            return answer["statuses"].get(str(m["id"]), m["status"])
-    return None
 
 
 def test_a_message_crosses_nodes_intact_and_shows_delivered_then_read(net):

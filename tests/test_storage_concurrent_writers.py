@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from p2psocial.devnet import BASE_DIR
+from tests.helpers.chat import chat_page, people_on, url, wait_until_listed
 from tests.helpers.storage import form_fields, replaced
 from tests.network import Network, csrf_token, wait_for
 
@@ -32,6 +33,7 @@ PASSWORD = "a long enough passphrase 42"
 WRITERS_S = float(os.environ.get("P2P_TEST_WRITERS_S") or 18)
 STAFF = [f"staff{n}" for n in range(4)]  # the people the administrators keep editing
 LOCKED = "database is locked"
+HTTP_TIMEOUT_S = 60  # each request of a writer, while the others write too
 
 # A management shell that rewrites the staff's person rows, one short transaction per
 # row and a whole-office pass now and then, as an import script would: writes outside the
@@ -81,31 +83,14 @@ def page_text(response: requests.Response) -> str:
 def net(tmp_path_factory):
     with Network(tmp_path_factory.mktemp("writers"), nodes=("hq", "branch")) as network:
         homes = {"alice": "hq", "bob": "branch", "olga": "hq"}
-        secrets = {
-            u: network.create_person(n, u, PASSWORD, admin=u == "olga") for u, n in homes.items()
-        }
+        secrets = people_on(network, homes, PASSWORD, admins={"olga"})
         for name in STAFF:
             network.create_person("hq", name, PASSWORD, position="Clerk")
-        network.homes = homes
-        network.sessions = {u: network.login(homes[u], u, PASSWORD, secrets[u]) for u in homes}
         network.admin = admin_session(network, "olga", secrets["olga"])
-        wait_for(
-            lambda: (
-                chat(network, "alice", "bob").status_code == 200
-                and chat(network, "bob", "alice").status_code == 200
-            ),
-            timeout=60,
-            message="alice and bob in each other's directory",
+        wait_until_listed(
+            network, [("alice", "bob"), ("bob", "alice")], http_timeout_s=HTTP_TIMEOUT_S
         )
         yield network
-
-
-def url(net, user: str, path: str) -> str:
-    return net.node(net.homes[user]).url + path
-
-
-def chat(net, user: str, peer: str) -> requests.Response:
-    return net.sessions[user].get(url(net, user, f"/chat/{peer}/"), timeout=60)
 
 
 def admin_session(net, username: str, secret: str) -> requests.Session:
@@ -161,14 +146,14 @@ def send_until(net, answers: Answers, user: str, peer: str, deadline: float) -> 
     sent: list[str] = []
     while time.monotonic() < deadline:
         text = f"{user} to {peer} #{len(sent)}"
-        page = chat(net, user, peer)
+        page = chat_page(net, user, peer, http_timeout_s=HTTP_TIMEOUT_S)
         if not answers.saw(f"{user} opens the chat", page, ok=(200,)):
             time.sleep(float(page.headers.get("Retry-After", 1)))
             continue
         answer = net.sessions[user].post(
             url(net, user, f"/chat/{peer}/"),
             data={"csrfmiddlewaretoken": csrf_token(page.text), "text": text},
-            timeout=60,
+            timeout=HTTP_TIMEOUT_S,
             allow_redirects=False,
         )
         if answers.saw(f"{user} sends", answer, ok=(302,)):

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.chat import people_on, poll, send, status_of, wait_until_listed
 from tests.helpers.storage import can_mount_tmpfs, fill_filesystem, free_bytes, small_filesystem
-from tests.network import Network, csrf_token, wait_for
+from tests.network import Network, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -24,6 +25,8 @@ pytestmark = [
 PASSWORD = "a long enough passphrase 42"
 # Room for the node's database and its WAL (SQLite checkpoints it at about 4 MB).
 DATA_FS_SIZE = "12m"
+# How long each request to a node waits for its answer.
+HTTP_TIMEOUT_S = 30
 REFUSED = re.compile(r'"delivery failed" .*node="branch" reason="http 507 storage_full"')
 
 
@@ -36,52 +39,9 @@ def net(tmp_path_factory):
         (root / "branch-logs").mkdir()
         (data / "logs").symlink_to(root / "branch-logs")
         with Network(root, nodes=("hq", "branch")) as network:
-            homes = {"alice": "hq", "bob": "branch"}
-            secrets = {u: network.create_person(n, u, PASSWORD) for u, n in homes.items()}
-            network.homes = homes
-            network.sessions = {
-                u: network.login(n, u, PASSWORD, secrets[u]) for u, n in homes.items()
-            }
-            wait_for(
-                lambda: chat(network, "alice", "bob").status_code == 200,
-                timeout=60,
-                message="bob in alice's directory",
-            )
+            people_on(network, {"alice": "hq", "bob": "branch"}, PASSWORD)
+            wait_until_listed(network, [("alice", "bob")], http_timeout_s=HTTP_TIMEOUT_S)
             yield network
-
-
-def url(net, user: str, path: str) -> str:
-    return net.node(net.homes[user]).url + path
-
-
-def chat(net, user: str, peer: str):
-    return net.sessions[user].get(url(net, user, f"/chat/{peer}/"), timeout=30)
-
-
-def send(net, user: str, peer: str, text: str) -> None:
-    page = chat(net, user, peer)
-    answer = net.sessions[user].post(
-        url(net, user, f"/chat/{peer}/"),
-        data={"csrfmiddlewaretoken": csrf_token(page.text), "text": text},
-        timeout=30,
-        allow_redirects=False,
-    )
-    assert answer.status_code == 302, answer.text[:500]
-
-
-def messages(net, user: str, peer: str) -> dict:
-    path = f"/chat/{peer}/messages.json?after=0"
-    answer = net.sessions[user].get(url(net, user, path), timeout=30)
-    assert answer.status_code == 200, answer.text[:500]
-    return answer.json()
-
-
-def status_of(net, user: str, peer: str, text: str) -> str | None:
-    answer = messages(net, user, peer)
-    for m in answer["messages"]:
-        if m["text"] == text and m["direction"] == "out":
-            return answer["statuses"].get(str(m["id"]), m["status"])
-    return None
 
 
 def stored_on_branch(net, sql: str, *params) -> int:
@@ -131,22 +91,23 @@ def sent_while_full_is_refused(net, text: str) -> Path:
     filler = fill_filesystem(data)
     assert free_bytes(data) < 16 * 1024
     refused_before = refusals(net)
-    send(net, "alice", "bob", text)
+    send(net, "alice", "bob", text, http_timeout_s=HTTP_TIMEOUT_S)
     wait_for(
         lambda: refusals(net) >= refused_before + 2, timeout=60, message="two tries refused (507)"
     )
-    assert status_of(net, "alice", "bob", text) == "queued"
+    assert status_of(net, "alice", "bob", text, http_timeout_s=HTTP_TIMEOUT_S) == "queued"
     return filler
 
 
 def arrives_once_space_is_back(net, filler: Path, text: str) -> None:
     filler.unlink()
     wait_for(
-        lambda: status_of(net, "alice", "bob", text) == "delivered",
+        lambda: status_of(net, "alice", "bob", text, http_timeout_s=HTTP_TIMEOUT_S) == "delivered",
         timeout=60,
         message="the message delivered once space was freed",
     )
-    texts = [m["text"] for m in messages(net, "bob", "alice")["messages"]]
+    messages = poll(net, "bob", "alice", http_timeout_s=HTTP_TIMEOUT_S)["messages"]
+    texts = [m["text"] for m in messages]
     assert texts.count(text) == 1
     assert stored_texts(net, text) == 1
     web_log = net.node("branch").processes["web"].log_text()
@@ -155,9 +116,12 @@ def arrives_once_space_is_back(net, filler: Path, text: str) -> None:
 
 
 def test_a_batch_for_a_full_disk_is_refused_507_kept_queued_and_arrives_once_space_is_back(net):
-    send(net, "alice", "bob", "before the disk filled")
+    send(net, "alice", "bob", "before the disk filled", http_timeout_s=HTTP_TIMEOUT_S)
     wait_for(
-        lambda: status_of(net, "alice", "bob", "before the disk filled") == "delivered",
+        lambda: (
+            status_of(net, "alice", "bob", "before the disk filled", http_timeout_s=HTTP_TIMEOUT_S)
+            == "delivered"
+        ),
         timeout=30,
         message="the first message delivered",
     )
