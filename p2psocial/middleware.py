@@ -8,7 +8,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.template.loader import select_template
+from django.template.loader import get_template
 
 from peers.auth import StorageFull, WriterBusy, storage_refusal
 
@@ -75,10 +75,8 @@ class WriterBusyMiddleware:
         ):
             response = JsonResponse({"error": exception.as_dict()}, status=exception.status)
         else:
-            # 507.html when the templates have one; until then the "nothing was saved,
-            # try again" page.
-            names = ["503.html"] if exception.status == 503 else ["507.html", "503.html"]
-            page = select_template(names).render({}, request)
+            name = "503.html" if exception.status == 503 else "507.html"
+            page = get_template(name).render({}, request)
             response = HttpResponse(page, status=exception.status)
         if isinstance(exception, WriterBusy):
             response["Retry-After"] = str(exception.retry_after_s)
