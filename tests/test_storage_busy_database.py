@@ -16,6 +16,7 @@ from django.test import Client
 from accounts.models import Profile
 from messaging.models import Message, ReceivedEnvelope
 from peers import protocol
+from peers.auth import StorageFull, storage_refusal
 from peers.models import SeenNonce
 from tests.helpers.accounts import admin_logged_in, logged_in
 from tests.helpers.factories import make_office_administrator, make_person
@@ -173,3 +174,13 @@ def test_a_person_sending_on_a_full_disk_gets_a_page_saying_nothing_was_saved():
     page = response.content.decode()
     assert "<h1>Storage full</h1>" in page and "nothing of what you sent was saved" in page
     assert not Message.objects.exists()
+
+
+def test_postgresqls_disk_full_error_is_storage_full_too():
+    class DiskFull(Exception):
+        sqlstate = "53100"  # PostgreSQL's disk_full, as psycopg reports it
+
+    error = OperationalError("could not extend file: No space left on device")
+    error.__cause__ = DiskFull()
+    assert isinstance(storage_refusal(error), StorageFull)
+    assert storage_refusal(OperationalError("some other failure")) is None
