@@ -7,6 +7,7 @@ from datetime import timedelta
 from urllib.parse import urlencode
 
 from django.conf import settings
+from django.db import DatabaseError, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -72,6 +73,15 @@ class ActivityMiddleware:
             now = timezone.now()
             interval = timedelta(seconds=settings.ACTIVITY_WRITE_INTERVAL_S)
             if user.last_activity is None or now - user.last_activity >= interval:
-                User.objects.filter(pk=user.pk).update(last_activity=now)
-                user.last_activity = now
+                try:
+                    with transaction.atomic():  # a refusal leaves the request's other work
+                        User.objects.filter(pk=user.pk).update(last_activity=now)
+                    user.last_activity = now
+                except DatabaseError as error:
+                    # Presence can wait for the next request; the page the person asked
+                    # for must not become a 500 because the database is busy or full.
+                    from peers.auth import storage_refusal  # the one mapping of such errors
+
+                    if storage_refusal(error) is None:
+                        raise
         return self.get_response(request)

@@ -190,11 +190,14 @@ def check_node_url_address(url: str) -> None:
         return
     remembered = recent_url_refusals.get(url)
     if remembered is not None:
-        raise remembered
+        raise ProtocolError(remembered.code, remembered.message, remembered.status)
     try:
         _check_public(url)
     except ProtocolError as error:
-        recent_url_refusals.add(url, error)
+        # Only an answer that says "not public" is remembered: a lookup that failed or
+        # timed out may work at the next report (DNS being updated after a move).
+        if error.code == "private_node_url":
+            recent_url_refusals.add(url, error)
         raise
 
 

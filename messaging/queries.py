@@ -63,6 +63,17 @@ def conversation_position(
     return None if row is None else (row[0], row[1])
 
 
+def unread_message_ids(*, owner: User, peer_username: str, limit: int = 500) -> list[int]:
+    """The newest received messages of a conversation that owner has not read yet (ids),
+    so that a page can tell which of the messages it shows are still unread."""
+    return list(
+        _conversation(owner, peer_username)
+        .filter(direction=Message.Direction.IN, read_at__isnull=True)
+        .order_by("-id")
+        .values_list("id", flat=True)[:limit]
+    )
+
+
 def messages_after(*, owner: User, peer_username: str, after_id: int, limit: int = 200) -> list:
     """Messages of a conversation stored after the row after_id, in arrival order."""
     return list(_conversation(owner, peer_username).filter(id__gt=after_id).order_by("id")[:limit])

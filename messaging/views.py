@@ -158,7 +158,10 @@ def mark_read(request: HttpRequest, username: str) -> JsonResponse:
     count = services.mark_conversation_read(
         viewer=request.user, peer_username=peer.username, up_to_id=up_to
     )
-    return JsonResponse({"read": count})
+    # Which messages are still unread, not "everything above up_to on the page": the page
+    # shows arrivals in arrival order, the server reads by conversation order.
+    still_unread = queries.unread_message_ids(owner=request.user, peer_username=peer.username)
+    return JsonResponse({"read": count, "unread_ids": still_unread})
 
 
 @login_required

@@ -391,3 +391,15 @@ def test_the_fast_path_signs_its_304_the_same_way():
         "X-P2P-Generated-Ms": answer[b"x-p2p-generated-ms"].decode(),
     }
     verify_unchanged(signed_headers, nonce, etag.decode())
+
+
+def test_a_url_that_did_not_resolve_is_looked_up_again_at_the_next_report(client, production):
+    """DNS may be catching up after a move: only "not public" answers are remembered."""
+    key = production_node(client, production)
+    first = report_at(client, key, "https://moving.example.com")
+    production.hosts["moving.example.com"] = ["93.184.216.36"]
+    second = report_at(client, key, "https://moving.example.com")
+
+    assert error_code(first) == "unresolvable_node_url"
+    assert second.status_code == 200
+    assert production.lookups == ["moving.example.com", "moving.example.com"]

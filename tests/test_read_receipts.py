@@ -103,7 +103,7 @@ def test_the_poll_marks_nothing_read(alice):
 def test_posting_a_shown_message_marks_read_up_to_it_only(alice):
     first, second, _ = from_rita(alice, "one", "two", "three")
     response = read_up_to(alice, "rita", second.id)
-    assert (response.status_code, response.json()) == (200, {"read": 2})
+    assert (response.status_code, response.json()["read"]) == (200, 2)
     assert unread_texts(alice.user) == ["three"]
     assert receipt_ids() == [[str(first.envelope_id), str(second.envelope_id)]]
 
@@ -112,7 +112,7 @@ def test_marking_read_again_changes_nothing(alice):
     _, second = from_rita(alice, "one", "two")
     read_up_to(alice, "rita", second.id)
     again = read_up_to(alice, "rita", second.id)
-    assert (again.status_code, again.json()) == (200, {"read": 0})
+    assert (again.status_code, again.json()["read"]) == (200, 0)
     assert len(receipt_ids()) == 1
 
 
@@ -124,6 +124,19 @@ def test_a_message_with_an_earlier_sender_time_is_marked_in_conversation_order(a
     read_up_to(alice, "rita", shown.id)
     assert unread_texts(alice.user) == ["after"]
     assert late.id > shown.id and after.id > shown.id
+
+
+def test_the_answer_says_which_messages_the_page_still_shows_unread(alice):
+    """The page adds arrivals in arrival order; the server reads by the sender's time. A
+    late arrival written earlier, read as the anchor, leaves a newer one unread, and the
+    page must keep watching that one instead of clearing it by its place on screen."""
+    [newer] = from_rita(alice, "newer")
+    late = stored_message(alice.user, "rita", direction="in", text="late", created_ms=0)
+
+    answer = read_up_to(alice, "rita", late.id).json()
+
+    assert answer == {"read": 1, "unread_ids": [newer.id]}
+    assert unread_texts(alice.user) == ["newer"]
 
 
 def test_a_get_of_the_read_endpoint_is_refused(alice):
@@ -143,7 +156,7 @@ def test_the_read_endpoint_needs_a_csrf_token(rita):
     assert read_up_to(strict, "rita", message.id).status_code == 403
     assert unread_texts(strict.user) == ["one"]
     response = read_up_to(strict, "rita", message.id, HTTP_X_CSRFTOKEN=token)
-    assert (response.status_code, response.json()) == (200, {"read": 1})
+    assert (response.status_code, response.json()) == (200, {"read": 1, "unread_ids": []})
 
 
 def test_the_read_endpoint_needs_a_verified_session(rita):

@@ -13,7 +13,7 @@ import pytest
 from django.db import OperationalError, connection
 from django.test import Client
 
-from accounts.models import Profile
+from accounts.models import Profile, User
 from messaging.models import Message, ReceivedEnvelope
 from peers import protocol
 from peers.auth import StorageFull, storage_refusal
@@ -184,3 +184,18 @@ def test_postgresqls_disk_full_error_is_storage_full_too():
     error.__cause__ = DiskFull()
     assert isinstance(storage_refusal(error), StorageFull)
     assert storage_refusal(OperationalError("some other failure")) is None
+
+
+@pytest.mark.django_db
+def test_a_page_still_shows_when_the_activity_update_is_refused_as_disk_full():
+    """The presence bookkeeping before every page is best effort: a full disk leaves the
+    last activity as it was instead of turning the person's page into a 500."""
+    user, secret = make_person("dora")
+    client = logged_in(Client(), "dora", secret)
+    User.objects.filter(pk=user.pk).update(last_activity=None)
+
+    with sqlite_refuses("accounts_user", "database or disk is full"):
+        response = client.get("/users/")
+
+    assert response.status_code == 200
+    assert User.objects.get(pk=user.pk).last_activity is None

@@ -57,15 +57,19 @@
     return lowest;
   }
 
-  function settle(upTo) {
-    // The server marked everything up to upTo read: stop watching those messages.
+  function settle(answer) {
+    // Stop watching what the server now holds read. It reads by conversation order (the
+    // sender's time), which may differ from the order arrivals were added here, so it
+    // says which messages are still unread: those stay watched (and are posted next).
+    var unread = new Set((answer.unread_ids || []).map(String));
     Array.prototype.forEach.call(list.querySelectorAll('[data-unread="1"]'), function (item) {
-      if (item === upTo || item.compareDocumentPosition(upTo) & Node.DOCUMENT_POSITION_FOLLOWING) {
+      if (!unread.has(item.dataset.id)) {
         delete item.dataset.unread;
         inView.delete(item);
         if (observer) observer.unobserve(item);
       }
     });
+    markShown();
   }
 
   function markShown() {
@@ -82,9 +86,12 @@
       },
       body: "up_to=" + encodeURIComponent(upTo.dataset.id),
     })
-      .then(function (r) { if (r.ok) settle(upTo); })
-      .catch(function () { /* offline for a moment: the next poll tick tries again */ })
-      .then(function () { posting = false; });
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (answer) {
+        posting = false;
+        if (answer) settle(answer);
+      })
+      .catch(function () { posting = false; /* offline for a moment: the next tick tries again */ });
   }
 
   document.addEventListener("visibilitychange", markShown);
