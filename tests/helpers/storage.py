@@ -148,6 +148,7 @@ def replaced(fields: list[tuple[str, str]], **values: str) -> list[tuple[str, st
 
 # --- a full disk -----------------------------------------------------------------------------
 @functools.cache
+@functools.cache  # one mount probe per test run, however many modules ask
 def can_mount_tmpfs() -> str | None:
     """Why a size-limited tmpfs cannot be mounted here (None when it can): root only, and
     a container may refuse mounts even to root (tried once, on an empty folder)."""
