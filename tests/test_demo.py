@@ -31,6 +31,25 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 READY_LINE = "p2psocial demo is ready. Ctrl-C stops it."
 
 
+def free_port_base() -> int:
+    """A --port-base whose four ports are free, below the kernel's ephemeral range.
+
+    Client sockets of other tests take ports from 32768 up (Linux's default
+    ip_local_port_range), so a base chosen there can collide with one of them.
+    """
+    offsets = (0, 1, 2, 390)
+    for _ in range(50):
+        base = random.randrange(20000, 32768 - 400, 10)
+        try:
+            for offset in offsets:
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", base + offset))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port base for the demo between 20000 and 32368")
+
+
 class Demo:
     """`bin/demo` in a process of its own, its output collected line by line."""
 
@@ -39,18 +58,21 @@ class Demo:
         self.lines: list[str] = []
         self.codes = TotpCodes()
         runtime_python()  # built (or found) before the clock of the readiness wait starts
-        port_base = random.randrange(20000, 40000, 10)
+        self.children: list[psutil.Process] = []
+        self.facts: dict = {}
+        self._start()
+
+    def _start(self) -> None:
+        self.lines = []
         self.process = subprocess.Popen(
-            ["bash", str(BASE_DIR / "bin" / "demo"), "--data", str(data),
-             "--port-base", str(port_base), "--no-qr"],
+            ["bash", str(BASE_DIR / "bin" / "demo"), "--data", str(self.data),
+             "--port-base", str(free_port_base()), "--no-qr"],
             cwd=BASE_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "P2P_VENV": str(runtime_venv())},
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.children: list[psutil.Process] = []
-        self.facts: dict = {}
 
     def _read(self) -> None:
         for line in self.process.stdout:
@@ -61,9 +83,18 @@ class Demo:
         return "\n".join(self.lines)
 
     def wait_ready(self) -> None:
-        wait_for(lambda: any(READY_LINE in line for line in self.lines)
-                 or self.process.poll() is not None, timeout=300,
-                 message="the demo says it is ready")  # fmt: skip
+        for attempt in range(3):
+            wait_for(lambda: any(READY_LINE in line for line in self.lines)
+                     or self.process.poll() is not None, timeout=300,
+                     message="the demo says it is ready")  # fmt: skip
+            # Another test's client may take a free port between the probe and the
+            # demo's own check: the demo then names it and starts nothing, so start
+            # again elsewhere (a demo that failed for any other reason fails the test).
+            lost_race = self.process.poll() is not None and "already in use" in self.output
+            if not lost_race or attempt == 2:
+                break
+            self._reader.join(timeout=10)
+            self._start()
         assert self.process.poll() is None, self.output
         self.facts = json.loads((self.data / "demo.json").read_text())
         self.children = psutil.Process(self.process.pid).children(recursive=True)
