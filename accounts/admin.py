@@ -12,7 +12,7 @@ from django.http import HttpRequest
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from messaging.services import rotate_person_keys
+from messaging.sending import rotate_person_keys
 from peers.protocol import fingerprint
 from peers.queries import username_held_elsewhere
 

@@ -143,7 +143,7 @@ class MessagePath:
         self.branch_db = reader(net.node("branch").data_dir / "db.sqlite3")
 
     def send(self, sender, recipient: str, text: str):
-        from messaging.services import send_message
+        from messaging.sending import send_message
 
         return send_message(sender=sender, recipient_username=recipient, text=text)
 

@@ -120,7 +120,7 @@ def serve_signing_proxy(port: int, upstream: str) -> None:
     django.setup()
     from accounts.keys import box_key_for, signing_key_for
     from accounts.models import UserKeys
-    from messaging.services import resolve_recipient
+    from messaging.outbox import resolve_recipient
     from peers import client, protocol
 
     sender = UserKeys.objects.select_related("user").get(user__username="bob")

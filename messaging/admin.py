@@ -9,7 +9,7 @@ from django.http import HttpRequest
 from accounts.admin_site import admin_site
 from accounts.roles import OFFICE_ADMINISTRATORS
 
-from . import services
+from . import sending
 from .models import DestinationState, Message, Outbox, ReceivedEnvelope
 
 
@@ -19,7 +19,7 @@ def retry_failed_deliveries(modeladmin, request: HttpRequest, queryset: QuerySet
         ids = [i for i in queryset.values_list("message_id", flat=True) if i]
     else:
         ids = list(queryset.values_list("id", flat=True))
-    count = services.retry_failed_messages(ids)
+    count = sending.retry_failed_messages(ids)
     modeladmin.message_user(request, f"{count} failed message(s) queued again.", messages.SUCCESS)
 
 

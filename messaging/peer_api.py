@@ -16,7 +16,7 @@ from peers.auth import (
     write_transaction,
 )
 
-from . import services
+from . import receiving
 
 
 @csrf_exempt
@@ -40,10 +40,10 @@ def inbox(request: HttpRequest) -> JsonResponse:
                 body=body,
                 resolve=directory.resolve_peer_node,
             )
-            batch = services.check_envelopes(protocol.parse_batch(body), from_node=node)
+            batch = receiving.check_envelopes(protocol.parse_batch(body), from_node=node)
             with write_transaction():  # the nonce and the envelopes: both or neither
                 record_nonce(auth)
-                answer = services.store_envelopes(batch=batch)
+                answer = receiving.store_envelopes(batch=batch)
     except protocol.ProtocolError as error:
         log_refusal(error, path=path, remote=request.META.get("REMOTE_ADDR"))
         return error_response(error)

@@ -6,7 +6,7 @@ from celery import shared_task
 
 from peers.auth import StorageFull, WriterBusy
 
-from . import services
+from . import delivery
 
 # Backoffs up to this long are waited out by Celery; longer ones are the sweeper's.
 SHORT_RETRY_S = 60.0
@@ -20,7 +20,7 @@ LOCK_EXPIRY_MARGIN_S = 0.2
 def deliver_to_node(self, node_name: str) -> None:
     """Drain the outbox of one destination node in signed batches."""
     try:
-        result = services.deliver_pending(node=node_name)
+        result = delivery.deliver_pending(node=node_name)
     except WriterBusy as busy:  # another writer kept the database: nothing half-done
         raise self.retry(countdown=busy.retry_after_s) from None
     except StorageFull:  # this node's own disk is full: nothing half-done, try again later
@@ -36,4 +36,4 @@ def deliver_to_node(self, node_name: str) -> None:
 @shared_task(name="messaging.tasks.sweep_outbox", acks_late=True)
 def sweep_outbox() -> None:
     """Re-enqueue due deliveries whose task was lost and fail messages past the maximum age."""
-    services.sweep_outbox()
+    delivery.sweep_outbox()

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.models import User
 
-from . import queries, services
+from . import queries, sending
 from .errors import MessagingError
 
 
@@ -68,7 +68,7 @@ def conversation(request: HttpRequest, username: str) -> HttpResponse:
     if request.method == "POST":
         draft = request.POST.get("text", "")
         try:
-            services.send_message(sender=request.user, recipient_username=username, text=draft)
+            sending.send_message(sender=request.user, recipient_username=username, text=draft)
         except MessagingError as exc:
             error, status = exc.message, exc.status
         else:
@@ -155,7 +155,7 @@ def mark_read(request: HttpRequest, username: str) -> JsonResponse:
         is None
     ):
         return _json_error("unknown_message", "No such message in this conversation.", 404)
-    count = services.mark_conversation_read(
+    count = sending.mark_conversation_read(
         viewer=request.user, peer_username=peer.username, up_to_id=up_to
     )
     # Which messages are still unread, not "everything above up_to on the page": the page
@@ -168,7 +168,7 @@ def mark_read(request: HttpRequest, username: str) -> JsonResponse:
 @require_POST
 def retry(request: HttpRequest, username: str, message_id: int) -> HttpResponse:
     try:
-        services.retry_message(owner=request.user, message_id=message_id)
+        sending.retry_message(owner=request.user, message_id=message_id)
     except MessagingError as exc:
         flash.error(request, exc.message)
     else:

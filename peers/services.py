@@ -620,7 +620,7 @@ def _announce_online(names: list[str]) -> None:
     if not names:
         return
     try:
-        hook = importlib.import_module("messaging.services").peer_came_online
+        hook = importlib.import_module("messaging.delivery").peer_came_online
     except (ImportError, AttributeError):
         return
     for name in names:

@@ -22,7 +22,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts import roles, twofactor
 from accounts.models import User
-from messaging import services as messaging_services
+from messaging import sending
 from messaging.models import Message, Outbox
 from tests.helpers.accounts import admin_logged_in, logged_in
 from tests.helpers.factories import DEFAULT_PASSWORD, make_office_administrator, make_person
@@ -97,9 +97,7 @@ def _change_form_data(response) -> dict:
 def _failed_message(sender: User) -> Message:
     join_local_node("hq")
     bob = make_remote_person(make_remote_node("branch"), "bob")
-    message = messaging_services.send_message(
-        sender=sender, recipient_username=bob.username, text="hello"
-    )
+    message = sending.send_message(sender=sender, recipient_username=bob.username, text="hello")
     Message.objects.filter(pk=message.pk).update(status=Message.Status.FAILED, error="expired")
     Outbox.objects.filter(message=message).update(failed_at=timezone.now())
     return message

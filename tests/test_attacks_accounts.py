@@ -42,7 +42,7 @@ from django.utils import timezone
 
 from accounts import twofactor
 from accounts.models import Profile, User, UserSession
-from messaging import services as messaging_services
+from messaging import delivery, sending
 from messaging.models import Message, Outbox
 from peers.models import KeyChangeAck
 from tests.helpers.accounts import logged_in, pending_secret, post_password, step_now
@@ -454,9 +454,9 @@ def test_a_colleague_cannot_retry_someone_elses_failed_message(alice_and_bob_tal
     alice, carol = alice_and_bob_talk
     make_remote_person(make_remote_node("branch"), "rita")
     settings.DELIVERY_MAX_AGE_S = 60
-    message = messaging_services.send_message(sender=alice, recipient_username="rita", text="x")
+    message = sending.send_message(sender=alice, recipient_username="rita", text="x")
     Outbox.objects.update(queued_at=timezone.now() - timedelta(seconds=61))
-    messaging_services.sweep_outbox()
+    delivery.sweep_outbox()
 
     response = carol.post(f"/chat/rita/retry/{message.id}/", follow=True)
 

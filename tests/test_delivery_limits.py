@@ -23,7 +23,7 @@ from django.db import connections
 from django.utils import timezone
 
 from accounts.models import User
-from messaging import services
+from messaging import delivery, sending
 from messaging.models import DestinationState, Message, Outbox
 from p2psocial import redis_client
 from p2psocial.devnet import free_port, redis_server_argv
@@ -185,7 +185,7 @@ def message_to_peer(peer: FakePeer, text: str = "hello") -> Message:
         peer.node_key = make_remote_person(make_remote_node("branch", url=peer.url)).node.key
     alice = User.objects.get(username="alice")
     rita = DirectoryUser.objects.get(node__name="branch")
-    return services.send_message(sender=alice, recipient_username=rita.username, text=text)
+    return sending.send_message(sender=alice, recipient_username=rita.username, text=text)
 
 
 def assert_queued_with_backoff(message: Message, error: str) -> None:
@@ -210,9 +210,9 @@ def test_a_healthy_peer_gets_every_batch_over_one_kept_alive_connection(short_li
     with fake_peer(acknowledge) as peer:
         message_to_peer(peer, "first")
         message_to_peer(peer, "second")
-        assert services.deliver_pending(node="branch").delivered == 2
+        assert delivery.deliver_pending(node="branch").delivered == 2
         message_to_peer(peer, "third")
-        assert services.deliver_pending(node="branch").delivered == 1
+        assert delivery.deliver_pending(node="branch").delivered == 1
         delivered = Message.objects.filter(status="delivered").order_by("id")
         assert [m.text for m in delivered] == ["first", "second", "third"]
         assert not Outbox.objects.exists()
@@ -226,7 +226,7 @@ def test_a_trickling_peer_is_cut_off_at_the_deadline_and_backed_off(short_limits
     with fake_peer(answer) as peer:
         message = message_to_peer(peer)
         started = time.monotonic()
-        result = services.deliver_pending(node="branch")
+        result = delivery.deliver_pending(node="branch")
         elapsed = time.monotonic() - started
         assert elapsed < short_limits.PEER_REQUEST_DEADLINE_S + 5
         assert result.delivered == 0 and result.retry_in_s is not None
@@ -243,7 +243,7 @@ def test_a_huge_answer_is_refused_without_reading_it(settings, answer):
     settings.PEER_REQUEST_DEADLINE_S = 60.0  # refused for its size, long before this
     with fake_peer(answer) as peer:
         message = message_to_peer(peer)
-        result = services.deliver_pending(node="branch")
+        result = delivery.deliver_pending(node="branch")
         assert result.delivered == 0 and result.retry_in_s is not None
         assert_queued_with_backoff(message, "answer too large")
         assert peer.client_closed.wait(timeout=10)
@@ -286,14 +286,14 @@ def test_a_second_delivery_to_a_stuck_node_starts_no_second_request(
     # while the first request runs lets a later task open a second connection.
     settings.PEER_HTTP_TIMEOUT_S = 0.5
     settings.PEER_REQUEST_DEADLINE_S = 6.0
-    monkeypatch.setattr(services, "schedule_delivery", lambda node: None)  # no Celery here
+    monkeypatch.setattr(sending, "schedule_delivery", lambda node: None)  # no Celery here
     with fake_peer(drip_body) as peer:
         message = message_to_peer(peer)
-        first: list[services.DeliveryResult] = []
+        first: list[delivery.DeliveryResult] = []
 
         def deliver_in_another_worker() -> None:
             try:
-                first.append(services.deliver_pending(node="branch"))
+                first.append(delivery.deliver_pending(node="branch"))
             finally:
                 connections.close_all()
 
@@ -303,7 +303,7 @@ def test_a_second_delivery_to_a_stuck_node_starts_no_second_request(
         later = []
         until = time.monotonic() + PEER_LIFETIME_S
         while worker.is_alive() and time.monotonic() < until:
-            later.append(services.deliver_pending(node="branch"))  # as the sweeper would
+            later.append(delivery.deliver_pending(node="branch"))  # as the sweeper would
             time.sleep(0.25)
         worker.join(timeout=PEER_LIFETIME_S)
 

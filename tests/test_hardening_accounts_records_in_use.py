@@ -8,7 +8,7 @@ import time
 import pytest
 from django.test import Client
 
-from messaging import errors, services
+from messaging import errors, sending
 from messaging.models import Message, Outbox, ReceivedEnvelope
 from peers import protocol
 from tests.helpers.accounts import logged_in
@@ -42,7 +42,7 @@ def test_sending_to_a_person_whose_record_expired_is_refused_with_a_typed_error(
     alice = make_local_person("alice")
     make_remote_person(branch, "rita", expires=AN_HOUR_AGO)
     with pytest.raises(errors.RecipientRecordExpired) as refused:
-        services.send_message(sender=alice, recipient_username="rita", text="hello")
+        sending.send_message(sender=alice, recipient_username="rita", text="hello")
     assert refused.value.code == "record_expired"
     assert not Outbox.objects.exists()
 
@@ -63,7 +63,7 @@ def test_a_person_whose_record_expired_is_still_on_the_users_page(branch):
 def test_a_person_whose_record_is_current_can_be_sent_to(branch):
     alice = make_local_person("alice")
     make_remote_person(branch, "rita")
-    services.send_message(sender=alice, recipient_username="rita", text="hello")
+    sending.send_message(sender=alice, recipient_username="rita", text="hello")
     assert Outbox.objects.get().destination == "branch"
 
 
@@ -91,5 +91,5 @@ def test_reading_a_message_from_a_person_whose_record_expired_queues_no_receipt(
         created_ms=1,
         status="delivered",
     )
-    assert services.mark_conversation_read(viewer=alice, peer_username="rita") == 1
+    assert sending.mark_conversation_read(viewer=alice, peer_username="rita") == 1
     assert not Outbox.objects.exists()

@@ -12,7 +12,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from messaging import services
+from messaging import sending
 from messaging.models import Message, ReceivedEnvelope
 from peers import auth, protocol
 from tests.helpers.accounts import logged_in
@@ -76,7 +76,7 @@ def net():
 def test_a_send_is_refused_as_busy_while_a_foreign_writer_holds_the_lock(lock_path, net):
     alice, bob = net
     with foreign_writer(lock_path), pytest.raises(auth.WriterBusy) as refused:
-        services.send_message(sender=alice, recipient_username=bob.username, text="hi")
+        sending.send_message(sender=alice, recipient_username=bob.username, text="hi")
     assert refused.value.code == "writer_busy"
     assert refused.value.status == 503
     assert not Message.objects.exists()
@@ -85,8 +85,8 @@ def test_a_send_is_refused_as_busy_while_a_foreign_writer_holds_the_lock(lock_pa
 def test_sending_works_again_once_the_foreign_writer_is_gone(lock_path, net):
     alice, bob = net
     with foreign_writer(lock_path), pytest.raises(auth.WriterBusy):
-        services.send_message(sender=alice, recipient_username=bob.username, text="hi")
-    services.send_message(sender=alice, recipient_username=bob.username, text="hi again")
+        sending.send_message(sender=alice, recipient_username=bob.username, text="hi")
+    sending.send_message(sender=alice, recipient_username=bob.username, text="hi again")
     assert list(Message.objects.values_list("text", flat=True)) == ["hi again"]
 
 
@@ -96,7 +96,7 @@ def test_a_free_lock_is_taken_without_sleeping(lock_path, net, monkeypatch):
 
     monkeypatch.setattr(auth.time, "sleep", no_sleep)
     alice, bob = net
-    services.send_message(sender=alice, recipient_username=bob.username, text="hi")
+    sending.send_message(sender=alice, recipient_username=bob.username, text="hi")
     assert Message.objects.count() == 1
 
 

@@ -12,7 +12,7 @@ from django.db import connection
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 
-from messaging import peer_api, services
+from messaging import delivery, peer_api, sending
 from messaging.models import Message, Outbox, ReceivedEnvelope
 from peers import auth, protocol
 from peers.models import DirectoryUser
@@ -188,13 +188,13 @@ def test_the_same_sender_with_another_text_under_a_stored_id_is_still_a_conflict
 
 def test_a_message_whose_ack_was_lost_before_the_senders_key_change_ends_delivered(net):
     alice = make_local_person("alice")
-    message = services.send_message(sender=alice, recipient_username="bob", text="lost ack 🔑")
-    services._post_batch("hq", list(Outbox.objects.all()))  # bob has it; the answer is lost
+    message = sending.send_message(sender=alice, recipient_username="bob", text="lost ack 🔑")
+    delivery._post_batch("hq", list(Outbox.objects.all()))  # bob has it; the answer is lost
     first = bytes(Outbox.objects.get().raw)
 
-    services.rotate_person_keys(user=alice)
+    sending.rotate_person_keys(user=alice)
     assert bytes(Outbox.objects.get().raw) != first
-    result = services.deliver_pending(node="hq")
+    result = delivery.deliver_pending(node="hq")
 
     message.refresh_from_db()
     assert (message.status, message.error) == ("delivered", "")
@@ -206,15 +206,15 @@ def test_a_message_whose_ack_was_lost_before_the_senders_key_change_ends_deliver
 
 def test_an_acknowledgement_of_bytes_this_node_never_sealed_is_not_accepted(net):
     alice = make_local_person("alice")
-    message = services.send_message(sender=alice, recipient_username="rita", text="hello")
+    message = sending.send_message(sender=alice, recipient_username="rita", text="hello")
     row = Outbox.objects.get()
-    services.rotate_person_keys(user=alice)
+    sending.rotate_person_keys(user=alice)
     row = Outbox.objects.get()
     ack = protocol.sign_ack_for_digest(
         net.branch.key, str(row.envelope_id), protocol.sha256_hex(b"other bytes")
     )
 
-    services._apply_answer("branch", [row], bytes(net.branch.key.verify_key), [ack], [])
+    delivery._apply_answer("branch", [row], bytes(net.branch.key.verify_key), [ack], [])
 
     message.refresh_from_db()
     assert message.status == "queued"
@@ -271,8 +271,8 @@ def test_the_new_holder_of_a_departed_local_persons_name_can_write_here(client, 
 
 
 def test_a_local_person_still_writes_to_another_local_person(net):
-    services.send_message(sender=net.carol, recipient_username="bob", text="same office")
+    sending.send_message(sender=net.carol, recipient_username="bob", text="same office")
 
-    assert services.deliver_pending(node="hq").delivered == 1
+    assert delivery.deliver_pending(node="hq").delivered == 1
     received = Message.objects.get(owner=net.bob, direction="in")
     assert (received.peer_username, received.text) == ("carol", "same office")

@@ -23,7 +23,8 @@ import pytest
 from django.db import connections
 
 from accounts.models import User
-from messaging import services
+from messaging import delivery as flow
+from messaging import sending
 from messaging.models import Message
 from p2psocial import redis_client
 from p2psocial.devnet import BASE_DIR
@@ -113,7 +114,7 @@ def message_to(peer: SlowPeer, text: str = "hello", *, again: bool = False) -> M
             make_remote_node("branch", url=peer.url), "rita"
         ).node.key
     alice = User.objects.get(username="alice")
-    return services.send_message(sender=alice, recipient_username="rita", text=text)
+    return sending.send_message(sender=alice, recipient_username="rita", text=text)
 
 
 @pytest.fixture
@@ -121,7 +122,8 @@ def delivery(settings, tmp_path, monkeypatch):
     """A private Redis for the node locks, a short lock TTL, no Celery."""
     settings.DELIVERY_LOCK_TTL_S = TTL_S
     settings.PEER_REQUEST_DEADLINE_S = 30.0
-    monkeypatch.setattr(services, "schedule_delivery", lambda node: None)
+    monkeypatch.setattr(sending, "schedule_delivery", lambda node: None)
+    monkeypatch.setattr(flow, "schedule_delivery", lambda node: None)
     with running_redis(tmp_path) as url:
         settings.REDIS_URL = url
         redis_client.get.cache_clear()
@@ -135,11 +137,11 @@ def delivery(settings, tmp_path, monkeypatch):
 def test_the_lock_is_kept_through_an_exchange_longer_than_its_ttl(delivery):
     with slow_peer(answer_after_s=4 * TTL_S) as peer:
         message = message_to(peer)
-        first: list[services.DeliveryResult] = []
+        first: list[flow.DeliveryResult] = []
 
         def deliver_in_another_worker() -> None:
             try:
-                first.append(services.deliver_pending(node="branch"))
+                first.append(flow.deliver_pending(node="branch"))
             finally:
                 connections.close_all()
 
@@ -148,7 +150,7 @@ def test_the_lock_is_kept_through_an_exchange_longer_than_its_ttl(delivery):
         wait_for(lambda: peer.requests == 1, timeout=10, message="the first exchange started")
         later = []
         while worker.is_alive():  # as the sweeper and other workers would, all along
-            later.append(services.deliver_pending(node="branch"))
+            later.append(flow.deliver_pending(node="branch"))
             worker.join(timeout=0.1)
 
         assert (peer.requests, peer.most_at_once) == (1, 1)
@@ -163,11 +165,11 @@ def test_a_worker_that_lost_the_lock_applies_its_answer_and_starts_no_other_exch
     delivery.DELIVERY_BATCH_MAX_ENVELOPES = 1
     with slow_peer(answer_after_s=4 * TTL_S) as peer:
         first, second = message_to(peer, "first"), message_to(peer, "second", again=True)
-        result: list[services.DeliveryResult] = []
+        result: list[flow.DeliveryResult] = []
 
         def deliver_in_another_worker() -> None:
             try:
-                result.append(services.deliver_pending(node="branch"))
+                result.append(flow.deliver_pending(node="branch"))
             finally:
                 connections.close_all()
 
@@ -192,8 +194,8 @@ django.setup()
 from django.conf import settings
 settings.DELIVERY_LOCK_TTL_S = {ttl!r}
 from accounts.models import User
-from messaging import services
-with services._node_lock("branch") as lock:
+from messaging import delivery as flow
+with flow._node_lock("branch") as lock:
     print("holding" if lock else "not holding", flush=True)
     threading.Event().wait()
 """
@@ -212,14 +214,14 @@ def test_the_lock_of_a_killed_worker_expires_within_its_ttl_and_another_delivers
         assert holder.stdout.readline().strip() == "holding"
         with slow_peer(answer_after_s=0) as peer:
             message = message_to(peer)
-            assert services.deliver_pending(node="branch").busy  # its heartbeat keeps it
+            assert flow.deliver_pending(node="branch").busy  # its heartbeat keeps it
 
             holder.send_signal(signal.SIGKILL)  # mid-delivery: no release, no heartbeat
             holder.wait(timeout=10)
 
             # The old lock lived PEER_REQUEST_DEADLINE_S + 15 s (45 s by default).
             wait_for(
-                lambda: services.deliver_pending(node="branch").delivered == 1,
+                lambda: flow.deliver_pending(node="branch").delivered == 1,
                 timeout=TTL_S + 5,
                 message="another worker delivers once the dead worker's lock expired",
             )
@@ -239,15 +241,15 @@ def test_a_task_that_finds_the_node_busy_looks_once_more_when_the_lock_would_exp
 ):
     from messaging import tasks
 
-    runs: list[services.DeliveryResult] = []
-    deliver_pending = services.deliver_pending
+    runs: list[flow.DeliveryResult] = []
+    deliver_pending = flow.deliver_pending
 
-    def counted(*, node: str) -> services.DeliveryResult:
+    def counted(*, node: str) -> flow.DeliveryResult:
         runs.append(deliver_pending(node=node))
         return runs[-1]
 
-    monkeypatch.setattr(services, "deliver_pending", counted)
-    with services._node_lock("branch") as held:  # a live worker delivers to branch
+    monkeypatch.setattr(flow, "deliver_pending", counted)
+    with flow._node_lock("branch") as held:  # a live worker delivers to branch
         assert held
         tasks.deliver_to_node.apply(args=["branch"])  # eager: the retry runs at once
 

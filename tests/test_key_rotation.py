@@ -32,7 +32,7 @@ def test_it_refuses_an_unknown_person():
 
 
 def test_waiting_messages_are_sealed_again_with_the_new_keys():
-    from messaging import services as messaging
+    from messaging import sending
     from messaging.models import Outbox
     from peers import protocol
     from tests.helpers.messaging import (
@@ -45,7 +45,7 @@ def test_waiting_messages_are_sealed_again_with_the_new_keys():
     join_local_node("hq")
     alice = make_local_person("alice")
     rita = make_remote_person(make_remote_node("branch"), "rita")
-    message = messaging.send_message(sender=alice, recipient_username="rita", text="still queued")
+    message = sending.send_message(sender=alice, recipient_username="rita", text="still queued")
     before = Outbox.objects.get()
 
     call_command("rotate_user_keys", "alice")

@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from messaging import services
+from messaging import delivery
 from messaging.models import Message, Outbox
 from tests.helpers.factories import DEFAULT_PASSWORD, code_at_step, make_person
 from tests.helpers.messaging import (
@@ -68,7 +68,7 @@ def test_an_unknown_person_is_a_404_page(alice):
 
 def test_the_poll_returns_new_messages_and_statuses(alice):
     alice.post("/chat/bob/", {"text": "one"})
-    services.deliver_pending(node="hq")
+    delivery.deliver_pending(node="hq")
     answer = alice.get("/chat/bob/messages.json?after=0").json()
     [message] = answer["messages"]
     assert (message["text"], message["direction"]) == ("one", "out")
@@ -86,7 +86,7 @@ def test_a_failed_message_shows_a_retry_button_that_requeues_it(alice, settings)
     settings.DELIVERY_MAX_AGE_S = 60
     alice.post("/chat/rita/", {"text": "late"})
     Outbox.objects.update(queued_at=timezone.now() - timedelta(seconds=61))
-    services.sweep_outbox()
+    delivery.sweep_outbox()
     message = Message.objects.get()
     page = alice.get("/chat/rita/").content.decode()
     assert f"/chat/rita/retry/{message.id}/" in page and "failed" in page

@@ -12,7 +12,7 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts import services as account_services
-from messaging import services
+from messaging import delivery, sending
 from messaging.models import Message, Outbox
 from peers import protocol
 from tests.helpers.factories import DEFAULT_PASSWORD, code_at_step, make_person
@@ -197,7 +197,7 @@ def test_a_receipt_that_overtakes_the_acknowledgement_leaves_the_message_read(cl
     """The sender's row exists before its envelope leaves, so the receipt that "arrives
     first" is one that beats the acknowledgement (lost, or still in a retried batch)."""
     alice = make_local_person("alice")
-    message = services.send_message(sender=alice, recipient_username="rita", text="hi")
+    message = sending.send_message(sender=alice, recipient_username="rita", text="hi")
     row = Outbox.objects.get()
     receipt = seal_from(rita, alice, {"ids": [str(message.envelope_id)]}, kind="read")
     post_signed(client, rita.node, protocol.encode_batch([receipt]))
@@ -205,7 +205,7 @@ def test_a_receipt_that_overtakes_the_acknowledgement_leaves_the_message_read(cl
     assert message.status == "read"
 
     ack = protocol.sign_ack(rita.node.key, str(row.envelope_id), bytes(row.raw))
-    services._apply_answer("branch", [row], bytes(rita.node.key.verify_key), [ack], [])
+    delivery._apply_answer("branch", [row], bytes(rita.node.key.verify_key), [ack], [])
 
     message.refresh_from_db()
     assert (message.status, message.error) == ("read", "")
@@ -216,9 +216,9 @@ def test_a_receipt_that_overtakes_the_acknowledgement_leaves_the_message_read(cl
 def test_a_receipt_for_a_message_the_sweeper_gave_up_on_marks_it_read(client, rita, settings):
     settings.DELIVERY_MAX_AGE_S = 60
     alice = make_local_person("alice")
-    message = services.send_message(sender=alice, recipient_username="rita", text="hi")
+    message = sending.send_message(sender=alice, recipient_username="rita", text="hi")
     Outbox.objects.update(queued_at=timezone.now() - timedelta(seconds=61))
-    services.sweep_outbox()
+    delivery.sweep_outbox()
     receipt = seal_from(rita, alice, {"ids": [str(message.envelope_id)]}, kind="read")
     post_signed(client, rita.node, protocol.encode_batch([receipt]))
     message.refresh_from_db()
@@ -229,12 +229,12 @@ def test_a_receipt_that_does_not_decrypt_is_sealed_again_and_applied(rita):
     """The author's keys changed after the reader's node sealed the receipt: the refusal
     (decrypt_failed) makes the reader's node seal it again, and the next try applies it."""
     alice, bob = make_local_person("alice"), make_local_person("bob")
-    sent = services.send_message(sender=alice, recipient_username="bob", text="read me")
-    services.deliver_pending(node="hq")
-    assert services.mark_conversation_read(viewer=bob, peer_username="alice") == 1
+    sent = sending.send_message(sender=alice, recipient_username="bob", text="read me")
+    delivery.deliver_pending(node="hq")
+    assert sending.mark_conversation_read(viewer=bob, peer_username="alice") == 1
     account_services.rotate_keys(user=alice)  # the receipt is sealed to alice's old key
 
-    services.deliver_pending(node="hq")
+    delivery.deliver_pending(node="hq")
     sent.refresh_from_db()
     assert sent.status == "delivered"
     row = Outbox.objects.get(kind="read")
@@ -242,7 +242,7 @@ def test_a_receipt_that_does_not_decrypt_is_sealed_again_and_applied(rita):
     assert row.next_attempt_at > timezone.now()  # with backoff, like any retry
 
     Outbox.objects.update(next_attempt_at=timezone.now())
-    services.deliver_pending(node="hq")
+    delivery.deliver_pending(node="hq")
     sent.refresh_from_db()
     assert sent.status == "read"
     assert not Outbox.objects.exists()
@@ -252,12 +252,12 @@ def test_a_receipt_refused_as_undecryptable_is_sealed_for_the_authors_new_key(ri
 
     alice = make_local_person("alice")
     message = stored_message(alice, "rita", direction="in", text="from rita")
-    services.mark_conversation_read(viewer=alice, peer_username="rita")
+    sending.mark_conversation_read(viewer=alice, peer_username="rita")
     receipt = Outbox.objects.get(kind="read")
     rotate_remote_box_key(rita)
 
     node_key = bytes(rita.node.key.verify_key)
-    services._apply_answer("branch", [receipt], node_key, [], [refusal(receipt, "decrypt_failed")])
+    delivery._apply_answer("branch", [receipt], node_key, [], [refusal(receipt, "decrypt_failed")])
 
     row = Outbox.objects.get(kind="read")
     assert (row.envelope_id, row.failed_at, row.last_error) == (
@@ -272,12 +272,12 @@ def test_a_receipt_from_before_ids_were_kept_is_dropped_when_undecryptable(rita)
 
     alice = make_local_person("alice")
     stored_message(alice, "rita", direction="in", text="from rita")
-    services.mark_conversation_read(viewer=alice, peer_username="rita")
+    sending.mark_conversation_read(viewer=alice, peer_username="rita")
     Outbox.objects.update(read_ids=[])
     receipt = Outbox.objects.get(kind="read")
 
     node_key = bytes(rita.node.key.verify_key)
-    services._apply_answer("branch", [receipt], node_key, [], [refusal(receipt, "decrypt_failed")])
+    delivery._apply_answer("branch", [receipt], node_key, [], [refusal(receipt, "decrypt_failed")])
 
     assert not Outbox.objects.exists()
 
@@ -285,10 +285,10 @@ def test_a_receipt_from_before_ids_were_kept_is_dropped_when_undecryptable(rita)
 def test_a_waiting_receipt_is_sealed_again_when_its_readers_keys_change(rita):
     alice = make_local_person("alice")
     message = stored_message(alice, "rita", direction="in", text="from rita")
-    services.mark_conversation_read(viewer=alice, peer_username="rita")
+    sending.mark_conversation_read(viewer=alice, peer_username="rita")
     before = Outbox.objects.get(kind="read")
 
-    assert services.rotate_person_keys(user=alice)[1] == 0  # no waiting message
+    assert sending.rotate_person_keys(user=alice)[1] == 0  # no waiting message
 
     after = Outbox.objects.get(kind="read")
     alice.refresh_from_db()

@@ -8,7 +8,7 @@ import time
 import pytest
 from django.utils import timezone
 
-from messaging import services
+from messaging import delivery, sending
 from messaging.models import Message
 from tests.helpers.browser import launch_chromium
 from tests.helpers.factories import DEFAULT_PASSWORD, code_at_step, make_person
@@ -50,7 +50,7 @@ def log_in(page, username: str, secret: str) -> None:
 
 def status_for_sender(message: Message) -> str:
     """What the sender's page shows: delivery runs (same node) until nothing is due."""
-    services.deliver_pending(node="hq")
+    delivery.deliver_pending(node="hq")
     message.refresh_from_db()
     return message.status
 
@@ -73,7 +73,7 @@ def test_a_message_turns_read_only_once_the_page_has_shown_it(page):
     page.goto("/chat/bob/")
     page.evaluate("window.scrollTo(0, 0)")  # alice reads old messages, at the top
 
-    sent = services.send_message(sender=bob, recipient_username="alice", text="are you there?")
+    sent = sending.send_message(sender=bob, recipient_username="alice", text="are you there?")
     assert status_for_sender(sent) == "delivered"
     bubble = page.locator("#messages li", has_text="are you there?")
     bubble.wait_for(state="attached", timeout=15_000)  # the poll appended it, out of view

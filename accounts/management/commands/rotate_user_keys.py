@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import User
-from messaging.services import rotate_person_keys
+from messaging.sending import rotate_person_keys
 from peers.protocol import fingerprint
 
 
