@@ -7,7 +7,7 @@ import logging
 from django.contrib import messages
 from django.contrib.auth import authenticate, logout
 from django.contrib.auth import login as auth_login
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -15,6 +15,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 from django_otp import login as otp_login
 from django_otp.models import Device
+
+from p2psocial.serving import iter_open_file, user_file_response
 
 from . import queries, services, sessions, twofactor
 from .errors import CodeRejected, PasswordRejected, PictureRejected
@@ -300,11 +302,13 @@ def picture_view(request: HttpRequest, username: str) -> HttpResponse:
     if picture is None:
         raise Http404("No picture")
     try:
-        handle = picture.open("rb")
+        size = picture.size
     except FileNotFoundError as exc:
         raise Http404("No picture") from exc
-    response = FileResponse(handle, content_type=queries.picture_content_type(picture.name))
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
-    response["Cache-Control"] = "private, max-age=300"
-    return response
+    # The same safe serving as attachments (messaging.views.file_view).
+    return user_file_response(
+        request,
+        size=size,
+        content_type=queries.picture_content_type(picture.name),
+        read=lambda start, end: iter_open_file(picture.path, start, end),
+    )

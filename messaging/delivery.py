@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 import redis
 import requests
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from p2psocial import redis_client
@@ -24,7 +21,9 @@ from peers import protocol
 from peers.auth import KnownNode, write_transaction
 from peers.models import PeerNode
 
-from .models import DestinationState, Message, Outbox
+from . import files
+from .locks import HeldLock, lock_expires_in_s, node_lock
+from .models import Attachment, DestinationState, Message, Outbox
 from .outbox import (
     backoff_delay_s,
     enqueue,
@@ -67,95 +66,6 @@ class DeliveryResult:
 
 class _Unreachable(Exception):
     """The whole batch did not get through (network, 5xx, refused batch, bad answer)."""
-
-
-def delivery_lock_ttl_s() -> float:
-    """A node's delivery lock lives this long unless its holder extends it; a heartbeat
-    thread does, every third of it, for as long as the holder drains the node (however
-    slow the exchange). So a worker killed mid-delivery stalls that queue this long."""
-    return settings.DELIVERY_LOCK_TTL_S
-
-
-class _HeldLock:
-    """A node's delivery lock while this worker holds it: a heartbeat thread extends it to
-    a full TTL every third of the TTL, also while an exchange waits on the peer, until
-    release(). held turns False if the lock was lost (it expired, e.g. while this process
-    was frozen, and maybe another worker has it now)."""
-
-    def __init__(self, node: str, lock: Any, ttl_s: float) -> None:
-        self.node = node
-        self._lock = lock
-        self._lost = threading.Event()
-        self._released = threading.Event()
-        self._heartbeat = threading.Thread(
-            target=self._keep, args=(ttl_s / 3,), name=f"delivery-lock {node}", daemon=True
-        )
-        self._heartbeat.start()
-
-    @property
-    def held(self) -> bool:
-        return not self._lost.is_set()
-
-    def _keep(self, every_s: float) -> None:
-        while not self._released.wait(every_s):
-            try:
-                self._lock.reacquire()
-            except redis.exceptions.LockNotOwnedError:
-                self._lost.set()
-                logger.warning("delivery lock lost", extra={"node": self.node})
-                return
-            except redis.RedisError as exc:
-                # Redis is away: nobody can take the lock meanwhile; try again next beat.
-                logger.warning(
-                    "delivery lock not extended", extra={"node": self.node, "error": str(exc)}
-                )
-
-    def release(self) -> None:
-        self._released.set()
-        self._heartbeat.join()
-        if self.held:
-            with contextlib.suppress(redis.RedisError):
-                self._lock.release()
-
-
-def _lock_name(node: str) -> str:
-    return f"p2p:messaging:deliver-lock:{settings.CELERY_TASK_DEFAULT_QUEUE}:{node}"
-
-
-def _lock_expires_in_s(node: str) -> float | None:
-    """How long node's delivery lock lasts unless its holder extends it (None: unknown)."""
-    try:
-        remaining_ms = redis_client.get().pttl(_lock_name(node))
-    except redis.RedisError:
-        return None
-    return remaining_ms / 1000 if remaining_ms >= 0 else None
-
-
-@contextlib.contextmanager
-def _node_lock(node: str) -> Iterator[_HeldLock | bool | None]:
-    """A Redis lock so that one worker at a time sends a node's queue.
-
-    Yields the held lock, None when Redis is unavailable (delivery is idempotent, so going
-    on without it only risks duplicate work), or False when another worker holds it.
-    """
-    name = _lock_name(node)
-    ttl_s = delivery_lock_ttl_s()
-    try:
-        # Not thread-local: the heartbeat thread extends the lock this thread took.
-        lock = redis_client.get().lock(name, timeout=ttl_s, thread_local=False)
-        acquired = lock.acquire(blocking=False)
-    except redis.RedisError as exc:
-        logger.warning("delivery lock unavailable", extra={"node": node, "error": str(exc)})
-        yield None
-        return
-    if not acquired:
-        yield False
-        return
-    held = _HeldLock(node, lock, ttl_s)
-    try:
-        yield held
-    finally:
-        held.release()
 
 
 def _due(node: str):
@@ -340,10 +250,22 @@ def _apply_answer(
         if delivered:
             # FAILED too: the sweeper may have expired a row whose batch was in flight;
             # a verified acknowledgement is the truth.
+            acknowledged = [r.message_id for r in delivered.values() if r.message_id]
+            # A message with a file is delivered once the recipient's node holds the file
+            # (its "fetched" receipt); until then it has only been sent.
+            with_file = set(
+                Attachment.objects.filter(message_id__in=acknowledged).values_list(
+                    "message_id", flat=True
+                )
+            )
             Message.objects.filter(
-                id__in=[r.message_id for r in delivered.values() if r.message_id],
+                id__in=[i for i in acknowledged if i not in with_file],
                 status__in=[Message.Status.QUEUED, Message.Status.FAILED],
             ).update(status=Message.Status.DELIVERED, delivered_at=now, error="")
+            Message.objects.filter(
+                Q(status=Message.Status.QUEUED) | Q(status=Message.Status.FAILED, error="expired"),
+                id__in=with_file,
+            ).update(status=Message.Status.SENT, error="")
             Outbox.objects.filter(id__in=[r.id for r in delivered.values()]).delete()
         for code, group in failed.items():
             Message.objects.filter(
@@ -380,7 +302,7 @@ def _apply_answer(
     return len(delivered), failed_count
 
 
-def _drain(node: str, lock: _HeldLock | None, result: DeliveryResult) -> None:
+def _drain(node: str, lock: HeldLock | None, result: DeliveryResult) -> None:
     for _ in range(MAX_BATCHES_PER_RUN):
         state = DestinationState.objects.filter(node=node, next_attempt_at__isnull=False).first()
         if state is not None and state.next_attempt_at > timezone.now():
@@ -416,10 +338,10 @@ def deliver_pending(*, node: str) -> DeliveryResult:
     """
     result = DeliveryResult(node=node)
     for _ in range(3):
-        with _node_lock(node) as lock:
+        with node_lock(node) as lock:
             if lock is False:
                 result.busy = True
-                result.busy_for_s = _lock_expires_in_s(node)
+                result.busy_for_s = lock_expires_in_s(node)
                 return result
             _drain(node, lock, result)
         if result.busy:
@@ -446,6 +368,7 @@ def peer_came_online(node_name: str) -> None:
         )
         if Outbox.objects.filter(destination=node_name, failed_at__isnull=True).exists():
             transaction.on_commit(lambda: enqueue(node_name, force=True))
+    files.pull_again(node=node_name)
 
 
 def sweep_outbox() -> list[str]:

@@ -46,3 +46,27 @@ class CannotMessageSelf(MessagingError):
 class NotRetryable(MessagingError):
     code = "not_retryable"
     status = 409
+
+
+class FileRefused(MessagingError):
+    """An attachment that cannot be sent: its type, size or content."""
+
+    code = "file_refused"
+
+
+class FileTooLarge(FileRefused):
+    code = "file_too_large"
+    status = 413
+
+
+class FileTypeNotAllowed(FileRefused):
+    code = "file_type_not_allowed"
+    status = 415
+
+
+class FileEmpty(FileRefused):
+    code = "file_empty"
+
+
+class FileDamaged(FileRefused):
+    code = "file_damaged"

@@ -20,6 +20,7 @@ class Message(models.Model):
 
     class Status(models.TextChoices):
         QUEUED = "queued"
+        SENT = "sent"  # the envelope arrived; its file is still on its way
         DELIVERED = "delivered"
         READ = "read"
         FAILED = "failed"
@@ -134,3 +135,45 @@ class ReceivedEnvelope(models.Model):
 
     def __str__(self) -> str:
         return str(self.envelope_id)
+
+
+class Attachment(models.Model):
+    """The file of a message: its ciphertext lives in FILES_DIR, its key here, encrypted
+    under the node's master key. The sender's node holds it from the upload on; the
+    recipient's node pulls it from there (state pending) and keeps it once verified."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"  # not pulled (or not verified) yet
+        STORED = "stored"  # the whole file, verified
+        FAILED = "failed"  # refused: see error
+
+    message = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="attachment")
+    file_id = models.UUIDField(help_text="the file's id on the wire")
+    node = models.CharField(
+        max_length=63, help_text="the other node: the one that may pull it, or the one to pull from"
+    )
+    name = models.CharField(max_length=160)
+    mime = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64, help_text="of the plaintext")
+    key = models.BinaryField(help_text="the file key, encrypted under the master key")
+    preview = models.BinaryField(null=True, blank=True, help_text="a small JPEG, images only")
+    state = models.CharField(max_length=8, choices=State.choices, default=State.PENDING)
+    error = models.CharField(max_length=64, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    stored_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["file_id"], name="attachment_file"),
+            models.Index(
+                fields=["node", "id"],
+                name="attachment_pending",
+                condition=Q(state="pending"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.mime}, {self.size} bytes)"

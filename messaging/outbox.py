@@ -48,25 +48,32 @@ def node_signing_key():
     return local_identity().signing_key
 
 
-def scheduled_key(node: str) -> str:
-    return f"p2p:messaging:scheduled:{settings.CELERY_TASK_DEFAULT_QUEUE}:{node}"
+def scheduled_key(node: str, purpose: str = "deliver") -> str:
+    prefix = "scheduled" if purpose == "deliver" else f"scheduled-{purpose}"
+    return f"p2p:messaging:{prefix}:{settings.CELERY_TASK_DEFAULT_QUEUE}:{node}"
 
 
-def enqueue(node: str, *, force: bool = False) -> None:
-    """Start a delivery task for node, unless one is already waiting to start."""
+def enqueue(
+    node: str, *, force: bool = False, task: str = DELIVER_TASK, purpose: str = "deliver"
+) -> None:
+    """Start a task for node (by default its delivery), unless one is already waiting to
+    start."""
     from p2psocial.celery import app
 
     try:
         if not force and not redis_client.get().set(
-            scheduled_key(node), b"1", nx=True, ex=SCHEDULED_FLAG_TTL_S
+            scheduled_key(node, purpose), b"1", nx=True, ex=SCHEDULED_FLAG_TTL_S
         ):
             return
-        app.send_task(DELIVER_TASK, args=[node])
+        app.send_task(task, args=[node])
     except (redis.RedisError, BrokerError) as exc:
-        # The outbox row is committed: the sweeper enqueues it once Redis is back.
+        # The rows are committed: the sweeper enqueues them once Redis is back.
         with contextlib.suppress(redis.RedisError):
-            redis_client.get().delete(scheduled_key(node))
-        logger.warning("delivery not enqueued", extra={"node": node, "error": type(exc).__name__})
+            redis_client.get().delete(scheduled_key(node, purpose))
+        logger.warning(
+            "task not enqueued",
+            extra={"node": node, "task": task, "error": type(exc).__name__},
+        )
 
 
 def schedule_delivery(node: str) -> None:

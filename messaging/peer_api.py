@@ -1,10 +1,14 @@
-"""The peer API of an office node: POST /api/v1/inbox receives a signed batch of envelopes."""
+"""The peer API of an office node: POST /api/v1/inbox receives a signed batch of envelopes,
+GET /api/v1/files/<id> serves a sent file's ciphertext to its recipient's node."""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, JsonResponse
+import uuid
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from p2psocial.serving import iter_open_file, ranged_response
 from peers import directory, protocol
 from peers.auth import (
     error_response,
@@ -16,7 +20,8 @@ from peers.auth import (
     write_transaction,
 )
 
-from . import receiving
+from . import files, receiving
+from .models import Attachment, Message
 
 
 @csrf_exempt
@@ -48,3 +53,49 @@ def inbox(request: HttpRequest) -> JsonResponse:
         log_refusal(error, path=path, remote=request.META.get("REMOTE_ADDR"))
         return error_response(error)
     return JsonResponse(answer, json_dumps_params={"ensure_ascii": False})
+
+
+def file_blob(request: HttpRequest, file_id: str) -> HttpResponse:
+    """GET /api/v1/files/<id>, signed: the ciphertext of a file this node sent, for the
+    node of its recipient only (anyone else: 404, as for a file that does not exist). A
+    single Range resumes an interrupted pull."""
+    if request.method != "GET":
+        return error_response(protocol.ProtocolError("method_not_allowed", "use GET", 405))
+    path = request.get_full_path()
+    try:
+        with storage_errors_refused():
+            node, auth = verify_signed(
+                method="GET",
+                path=path,
+                authorization=request.headers.get("Authorization"),
+                body=read_body(request),
+                resolve=directory.resolve_peer_node,
+            )
+            with write_transaction():
+                record_nonce(auth)
+    except protocol.ProtocolError as error:
+        log_refusal(error, path=path, remote=request.META.get("REMOTE_ADDR"))
+        return error_response(error)
+    try:
+        file_uuid = uuid.UUID(file_id)
+    except ValueError:
+        file_uuid = None
+    attachment = file_uuid and (
+        Attachment.objects.filter(
+            file_id=file_uuid,
+            node=node.name,
+            state=Attachment.State.STORED,
+            message__direction=Message.Direction.OUT,
+        )
+        .select_related("message")
+        .first()
+    )
+    if attachment is None:
+        return error_response(protocol.ProtocolError("file_not_found", "no such file", 404))
+    blob = files.attachment_path(attachment)
+    return ranged_response(
+        request,
+        size=files.ciphertext_size(attachment),
+        content_type="application/octet-stream",
+        read=lambda start, end: iter_open_file(blob, start, end),
+    )

@@ -7,11 +7,12 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import Min, Q
+from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import User
 
-from .models import Message, Outbox
+from .models import Attachment, Message, Outbox
 
 PAGE_SIZE = 50
 STATUS_WINDOW = 200  # how many of one's latest sent messages a poll reports statuses for
@@ -24,7 +25,9 @@ class ConversationPage:
 
 
 def _conversation(owner: User, peer_username: str):
-    return Message.objects.filter(owner=owner, peer_username=peer_username)
+    return Message.objects.filter(owner=owner, peer_username=peer_username).select_related(
+        "attachment"
+    )
 
 
 def conversation_page(
@@ -107,7 +110,46 @@ def message_json(message: Message) -> dict[str, Any]:
         "created_ms": message.created_ms,
         "status": message.status,
         "error": message.error,
+        "file": file_json(message),
     }
+
+
+def attachment_of(message: Message) -> Attachment | None:
+    try:
+        return message.attachment
+    except Attachment.DoesNotExist:
+        return None
+
+
+def file_json(message: Message) -> dict[str, Any] | None:
+    """What a page shows of a message's file: its kind, name, size, whether this node
+    holds it (state) and where to get it and its preview."""
+    attachment = attachment_of(message)
+    if attachment is None:
+        return None
+    file_id = str(attachment.file_id)
+    return {
+        "id": file_id,
+        "name": attachment.name,
+        "mime": attachment.mime,
+        "kind": attachment.kind,
+        "size": attachment.size,
+        "state": attachment.state,
+        "error": attachment.error,
+        "url": reverse("messaging:file", args=[file_id]),
+        "preview_url": (
+            reverse("messaging:file_preview", args=[file_id]) if attachment.preview else None
+        ),
+    }
+
+
+def file_of(*, owner: User, file_id: str) -> Attachment | None:
+    """owner's attachment file_id (sent or received), or None: nobody else's."""
+    return (
+        Attachment.objects.filter(file_id=file_id, message__owner=owner)
+        .select_related("message")
+        .first()
+    )
 
 
 def delivery_health() -> dict[str, Any]:

@@ -17,8 +17,15 @@ from peers import directory, protocol
 from peers.auth import KnownNode, write_transaction
 from peers.models import DirectoryUser
 
-from .content import READ_RECEIPT_MAX_IDS, check_read_payload, check_text_payload
-from .models import Message, Outbox, ReceivedEnvelope
+from . import files
+from .content import (
+    READ_RECEIPT_MAX_IDS,
+    FileFields,
+    check_fetched_payload,
+    check_message_payload,
+    check_read_payload,
+)
+from .models import Attachment, Message, Outbox, ReceivedEnvelope
 from .outbox import local_node_name, node_signing_key
 
 logger = logging.getLogger(__name__)
@@ -101,6 +108,10 @@ class CheckedBatch:
     messages: list[Message] = field(default_factory=list)
     receipts: list[tuple[str, str, list[str]]] = field(default_factory=list)  # reader, author
     read_message_ids: set[int] = field(default_factory=set)
+    files: dict[int, FileFields] = field(default_factory=dict)  # index in messages
+    # "fetched" receipts: (reader, author, message envelope id, outcome)
+    fetched: list[tuple[str, str, str, str]] = field(default_factory=list)
+    fetched_outcomes: dict[int, str] = field(default_factory=dict)  # message id: outcome
 
 
 def check_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) -> CheckedBatch:
@@ -197,6 +208,9 @@ def check_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) ->
             batch.refusals.append(refusal)
     for reader, author, ids in batch.receipts:
         batch.read_message_ids.update(_unread_by(reader=reader, author=author, ids=ids))
+    for reader, author, envelope_id, outcome in batch.fetched:
+        for message_id in _waiting_for_file(reader=reader, author=author, envelope_id=envelope_id):
+            batch.fetched_outcomes[message_id] = outcome
     return batch
 
 
@@ -208,7 +222,9 @@ def store_envelopes(*, batch: CheckedBatch) -> dict:
             with transaction.atomic():
                 ReceivedEnvelope.objects.bulk_create(batch.received)
                 Message.objects.bulk_create(batch.messages)
+                _store_files(batch)
                 _mark_read(sorted(batch.read_message_ids), now=timezone.now())
+                _apply_fetched(batch.fetched_outcomes, now=timezone.now())
         except IntegrityError:
             # Another request stored one of these envelopes since they were checked: the
             # sender retries and then gets the acknowledgement of the stored copy.
@@ -239,7 +255,9 @@ def _stage(
     owner: User,
 ) -> None:
     if envelope.kind == "message":
-        text = check_text_payload(payload)
+        text, file = check_message_payload(payload)
+        if file is not None:
+            batch.files[len(batch.messages)] = file
         batch.messages.append(
             Message(
                 envelope_id=envelope.id,
@@ -255,6 +273,9 @@ def _stage(
                 delivered_at=timezone.now(),
             )
         )
+    elif envelope.kind == "fetched":
+        envelope_id, outcome = check_fetched_payload(payload)
+        batch.fetched.append((envelope.sender, envelope.recipient, envelope_id, outcome))
     else:
         batch.receipts.append((envelope.sender, envelope.recipient, check_read_payload(payload)))
     batch.received.append(
@@ -266,6 +287,47 @@ def _stage(
             sender_node=envelope.sender_node,
         )
     )
+
+
+def _store_files(batch: CheckedBatch) -> None:
+    """The attachments of the batch's messages, to be pulled from the sending node."""
+    if not batch.files:
+        return
+    Attachment.objects.bulk_create(
+        files.attachment_for(batch.messages[index], fields, node=batch.from_node, held=False)
+        for index, fields in batch.files.items()
+    )
+    files.schedule_pull(batch.from_node)
+
+
+def _waiting_for_file(*, reader: str, author: str, envelope_id: str) -> list[int]:
+    """author's message envelope_id to reader, if it waits for reader's node to hold its
+    file: only reader's node may say it does."""
+    return list(
+        Message.objects.filter(
+            direction=Message.Direction.OUT,
+            owner__username=author,
+            sender_username=author,
+            recipient_username=reader,
+            envelope_id=envelope_id,
+            status__in=[Message.Status.QUEUED, Message.Status.SENT],
+            attachment__isnull=False,
+        ).values_list("id", flat=True)
+    )
+
+
+def _apply_fetched(outcomes: dict[int, str], *, now) -> None:
+    """Messages whose file the recipient's node now holds are delivered; refused, failed."""
+    stored = [i for i, outcome in outcomes.items() if outcome == "stored"]
+    Message.objects.filter(id__in=stored).update(
+        status=Message.Status.DELIVERED, delivered_at=now, error=""
+    )
+    for message_id, outcome in outcomes.items():
+        if outcome != "stored":
+            Message.objects.filter(id=message_id).update(
+                status=Message.Status.FAILED, error=outcome[:64]
+            )
+    Outbox.objects.filter(message_id__in=list(outcomes)).delete()
 
 
 def _unread_by(*, reader: str, author: str, ids: list[str]) -> list[int]:

@@ -16,9 +16,9 @@ from peers import protocol
 from peers.auth import write_transaction
 from peers.services import request_presence_report
 
-from . import errors, queries
-from .content import READ_RECEIPT_MAX_IDS, validate_text
-from .models import Message, Outbox
+from . import errors, files, queries
+from .content import READ_RECEIPT_MAX_IDS, validate_caption, validate_text
+from .models import Attachment, Message, Outbox
 from .outbox import (
     Recipient,
     enqueue,
@@ -35,24 +35,44 @@ from .outbox import (
 logger = logging.getLogger(__name__)
 
 
-def send_message(*, sender: User, recipient_username: str, text: str) -> Message:
-    """Store the message and its sealed envelope in the outbox; delivery starts on commit."""
-    text = validate_text(text)
+def send_message(
+    *, sender: User, recipient_username: str, text: str, upload: files.Upload | None = None
+) -> Message:
+    """Store the message (with the uploaded file, if any) and its sealed envelope in the
+    outbox; delivery starts on commit. An upload that cannot be sent is removed."""
+    try:
+        return _send(sender, recipient_username, text, upload)
+    except BaseException:
+        if upload is not None:
+            upload.discard()  # no orphan file: the message was not stored
+        raise
+
+
+def _send(sender: User, recipient_username: str, text: str, upload: files.Upload | None) -> Message:
+    text = validate_caption(text) if upload is not None else validate_text(text)
     if recipient_username == sender.username:
         raise errors.CannotMessageSelf("You cannot send a message to yourself.")
     local_name = local_node_name()
     recipient = resolve_recipient(recipient_username, local_name=local_name)
     envelope_id = protocol.new_envelope_id()
     created_ms = now_ms()
-    sealed = seal(
-        sender=sender,
-        sender_node=local_name,
-        recipient=recipient,
-        kind="message",
-        payload={"text": text},
-        envelope_id=envelope_id,
-        created_ms=created_ms,
-    )
+    sealed = None
+    # A file's preview goes along when the envelope has room for it (a long caption).
+    for with_preview in (True, False) if upload is not None else (False,):
+        payload: dict = {"text": text}
+        if upload is not None:
+            payload["file"] = upload.fields(with_preview=with_preview).as_payload()
+        sealed = seal(
+            sender=sender,
+            sender_node=local_name,
+            recipient=recipient,
+            kind="message",
+            payload=payload,
+            envelope_id=envelope_id,
+            created_ms=created_ms,
+        )
+        if len(sealed.raw) <= protocol.MAX_ENVELOPE_BYTES:
+            break
     if len(sealed.raw) > protocol.MAX_ENVELOPE_BYTES:
         raise errors.MessageTooLong("This message is too long to send; please shorten it.")
     with write_transaction():
@@ -75,6 +95,8 @@ def send_message(*, sender: User, recipient_username: str, text: str) -> Message
             destination=recipient.node,
             message=message,
         ).save()
+        if upload is not None:
+            files.attachment_for(message, upload.fields(), node=recipient.node, held=True).save()
     # After the block: it runs at once unless a caller's transaction is still open, and
     # not while this process's other sending threads queue behind the SQLite writer.
     schedule_delivery(recipient.node)
@@ -83,6 +105,15 @@ def send_message(*, sender: User, recipient_username: str, text: str) -> Message
         extra={"envelope": envelope_id, "node": recipient.node, "sender": sender.username},
     )
     return message
+
+
+def message_payload(message: Message) -> dict:
+    """The payload of an outgoing message as it is sealed (again)."""
+    payload: dict = {"text": message.text}
+    attachment = Attachment.objects.filter(message=message).first()
+    if attachment is not None:
+        payload["file"] = files.file_fields(attachment).as_payload()
+    return payload
 
 
 def reseal_outbox(*, sender: User) -> int:
@@ -141,7 +172,7 @@ def reseal(rows, *, now, keep_earlier: bool = False) -> list[Outbox]:
             sender_node=local_name,
             recipient=recipient,
             kind="message",
-            payload={"text": message.text},
+            payload=message_payload(message),
             envelope_id=str(row.envelope_id),
             created_ms=message.created_ms,
         )

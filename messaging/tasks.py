@@ -1,4 +1,4 @@
-"""Celery tasks for delivery: take a node name, call a service, nothing else."""
+"""Celery tasks for delivery and file pulls: take a node name, call a service, nothing else."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from celery import shared_task
 
 from peers.auth import StorageFull, WriterBusy
 
-from . import delivery
+from . import delivery, files
 
 # Backoffs up to this long are waited out by Celery; longer ones are the sweeper's.
 SHORT_RETRY_S = 60.0
@@ -33,7 +33,24 @@ def deliver_to_node(self, node_name: str) -> None:
         raise self.retry(countdown=result.retry_in_s)
 
 
+@shared_task(bind=True, name="messaging.tasks.pull_files", acks_late=True, max_retries=None)
+def pull_files(self, node_name: str) -> None:
+    """Pull the files of messages from one node's people, one at a time."""
+    try:
+        result = files.pull_pending(node=node_name)
+    except WriterBusy as busy:
+        raise self.retry(countdown=busy.retry_after_s) from None
+    except StorageFull:
+        raise self.retry(countdown=SHORT_RETRY_S) from None
+    if result.more:
+        raise self.retry(countdown=0)
+    if result.retry_in_s is not None and result.retry_in_s <= SHORT_RETRY_S:
+        raise self.retry(countdown=result.retry_in_s)
+
+
 @shared_task(name="messaging.tasks.sweep_outbox", acks_late=True)
 def sweep_outbox() -> None:
-    """Re-enqueue due deliveries whose task was lost and fail messages past the maximum age."""
+    """Re-enqueue due deliveries and pulls whose task was lost; fail what is past the
+    maximum age."""
     delivery.sweep_outbox()
+    files.sweep_pulls()

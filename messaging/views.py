@@ -3,20 +3,29 @@ read, the Retry button."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, QueryDict
+from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.models import User
+from p2psocial.serving import user_file_response
 
-from . import queries, sending
+from . import blobs, errors, files, queries, sending
+from .content import allowed_type
 from .errors import MessagingError
+from .models import Attachment
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -174,3 +183,110 @@ def retry(request: HttpRequest, username: str, message_id: int) -> HttpResponse:
     else:
         flash.success(request, "The message is queued again.")
     return redirect("messaging:conversation", username=username)
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+@csrf_exempt  # the upload handler must be in place before anything reads the body:
+def upload(request: HttpRequest, username: str) -> HttpResponse:  # CSRF is checked below
+    """POST one file (field "file") with an optional caption ("text"): the file is
+    encrypted as it arrives, its type told from its bytes, and sent as a message. Answers
+    JSON to the page's script ({"message": ...} or {"error": ...}), a redirect to a plain
+    form (the error shown on the conversation page)."""
+    request.upload_handlers = [files.EncryptingUploadHandler(request)]
+    return _upload(request, username)
+
+
+@csrf_protect
+@never_cache
+def _upload(request: HttpRequest, username: str) -> HttpResponse:
+    handler = request.upload_handlers[0]
+    try:
+        if request.method != "POST":
+            return _json_error("method_not_allowed", "use POST", 405)
+        if not (request.user.is_authenticated and request.user.is_verified()):
+            return _json_error("login_required", "Log in to continue.", 401)
+        try:
+            peer = _peer_or_404(request.user, username)
+        except Http404:
+            return _json_error("unknown_user", "There is nobody with this name.", 404)
+        try:
+            caption = request.POST.get("text", "")
+            request.FILES  # noqa: B018 (parses the body through the handler)
+        except MessagingError:
+            raise
+        except (RequestDataTooBig, TooManyFieldsSent, MultiPartParserError):
+            raise errors.FileRefused("The upload could not be read; please try again.") from None
+        if not handler.uploads:
+            raise errors.FileRefused("Choose a file to send.")
+        upload = files.finish_upload(handler.uploads.pop())
+        message = sending.send_message(
+            sender=request.user, recipient_username=peer.username, text=caption, upload=upload
+        )
+    except MessagingError as exc:
+        handler.discard()
+        if _wants_json(request):
+            return _json_error(exc.code, exc.message, exc.status)
+        flash.error(request, exc.message)
+        return redirect("messaging:conversation", username=username)
+    except BaseException:
+        handler.discard()
+        raise
+    if _wants_json(request):
+        return JsonResponse(
+            {"message": queries.message_json(message)},
+            status=201,
+            json_dumps_params={"ensure_ascii": False},
+        )
+    return redirect("messaging:conversation", username=username)
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "HEAD"])
+def file_view(request: HttpRequest, file_id: str) -> HttpResponse:
+    """A file of one of the person's own messages, decrypted as it is sent; anybody
+    else's, or one this node does not hold (yet), is a 404."""
+    attachment = queries.file_of(owner=request.user, file_id=file_id)
+    if attachment is None or attachment.state != Attachment.State.STORED:
+        raise Http404("No such file")
+    file_type = allowed_type(attachment.mime)
+    inline = bool(file_type and file_type.inline)
+    return user_file_response(
+        request,
+        size=attachment.size,
+        content_type=attachment.mime if file_type else "application/octet-stream",
+        read=lambda start, end: _checked(files.plaintext(attachment, start=start, end=end)),
+        name=attachment.name,
+        inline=inline,
+        cache_s=3600,
+    )
+
+
+def _checked(chunks):
+    """The chunks, cut short (the browser sees an incomplete body) if the file turns out
+    to be damaged on disk: never a page of bytes that are not the file's."""
+    try:
+        yield from chunks
+    except blobs.BlobCorrupt:
+        logger.error("stored file damaged")
+        return
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "HEAD"])
+def file_preview(request: HttpRequest, file_id: str) -> HttpResponse:
+    attachment = queries.file_of(owner=request.user, file_id=file_id)
+    if attachment is None or not attachment.preview:
+        raise Http404("No preview")
+    preview = bytes(attachment.preview)
+    return user_file_response(
+        request,
+        size=len(preview),
+        content_type="image/jpeg",
+        read=lambda start, end: iter([preview[start:end]]),
+        cache_s=3600,
+    )

@@ -20,7 +20,8 @@ class BodyLimit:
     one client could stream gigabytes to disk. Each path takes what it needs: enrolment
     P2P_ENROL_MAX_BODY_BYTES (anyone may call it), the rest of the node API (/api/)
     P2P_PEER_MAX_BODY_BYTES, the pages that take a profile picture (the profile form, the
-    admin) a form plus the largest picture, and every other page a form.
+    admin) a form plus the largest picture, a conversation's upload (/chat/<name>/files/)
+    a form plus the largest file, and every other page a form.
     """
 
     # Pages whose forms carry a profile picture.
@@ -37,6 +38,8 @@ class BodyLimit:
             return settings.PEER_MAX_BODY_BYTES
         if path.startswith(cls.PICTURE_PREFIXES):
             return settings.DATA_UPLOAD_MAX_MEMORY_SIZE + settings.PROFILE_PICTURE_MAX_BYTES
+        if path.startswith("/chat/") and path.endswith("/files/"):
+            return settings.DATA_UPLOAD_MAX_MEMORY_SIZE + settings.FILE_MAX_BYTES
         return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
 
     async def __call__(self, scope, receive, send):

@@ -232,6 +232,18 @@ PEER_REQUEST_DEADLINE_S = env_float("P2P_PEER_REQUEST_DEADLINE_S", 30.0)
 PEER_MAX_BODY_BYTES = env_int("P2P_PEER_MAX_BODY_BYTES", 8 * 1024 * 1024)
 MESSAGE_MAX_CHARS = env_int("P2P_MESSAGE_MAX_CHARS", 10_000)
 PROFILE_PICTURE_MAX_BYTES = env_int("P2P_PROFILE_PICTURE_MAX_BYTES", 10 * 1024 * 1024)
+# Attachments: encrypted at rest in FILES_DIR; each file at most FILE_MAX_BYTES. Types
+# are told from the content against an allow-list (images, audio, video, PDF); the MIME
+# types listed in P2P_FILE_DOWNLOAD_TYPES (e.g. application/zip) are accepted as well,
+# offered only as downloads.
+FILES_DIR = Path(env("P2P_FILES_DIR", str(DATA_DIR / "files"))).resolve()
+FILE_MAX_BYTES = env_int("P2P_FILE_MAX_BYTES", 100 * 1024 * 1024)
+FILE_DOWNLOAD_TYPES = frozenset(
+    t.strip().lower() for t in (env("P2P_FILE_DOWNLOAD_TYPES", "") or "").split(",") if t.strip()
+)
+# One pull of a file from the sender's node (connect, read every byte); an interrupted
+# pull resumes where it stopped.
+FILE_PULL_DEADLINE_S = env_float("P2P_FILE_PULL_DEADLINE_S", 900.0)
 PROFILE_PICTURE_MAX_PX = env_int("P2P_PROFILE_PICTURE_MAX_PX", 512)
 SESSION_IDLE_TIMEOUT_S = env_int("P2P_SESSION_IDLE_TIMEOUT_S", 3600)
 # A session with the password accepted but not yet the second factor ends this long after login.

@@ -462,3 +462,49 @@ def signed_get(
             deadline_s=deadline_s,
             max_answer_bytes=max_answer_bytes,
         )
+
+
+@contextlib.contextmanager
+def signed_get_stream(
+    base_url: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    *,
+    timeout: float,
+    deadline_s: float,
+) -> Iterator[requests.Response]:
+    """GET base_url + path signed with this node's key, for a body read as a stream (a
+    file): yields the response unread. Each socket read waits at most timeout, the whole
+    exchange deadline_s (the connection is cut then: DeadlineExceeded), and the connection
+    is closed afterwards, never pooled half-read. Peers at addresses that are not public
+    are refused in production, as for signed_post."""
+    url = base_url.rstrip("/") + path
+    all_headers = _headers("GET", base_url, path, b"")
+    all_headers.update(headers or {})
+    session = session_for(base_url)
+    exchange = _Exchange(time.monotonic() + deadline_s)
+    _watchdog.watch(exchange)
+    _current.exchange = exchange
+    try:
+        with _public_addresses_only(base_url, to_login_server=False):
+            response = session.get(
+                url,
+                headers=all_headers,
+                timeout=min(timeout, deadline_s),
+                stream=True,
+                allow_redirects=False,
+            )
+            try:
+                yield response
+            finally:
+                response.raw.close()
+                response.close()
+    except requests.RequestException:
+        if exchange.finish():
+            raise DeadlineExceeded(f"no complete answer within {deadline_s} s") from None
+        raise
+    finally:
+        exchange.finish()
+        _current.exchange = None
+    if exchange.expired:
+        raise DeadlineExceeded(f"no complete answer within {deadline_s} s")

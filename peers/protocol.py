@@ -38,7 +38,8 @@ MAX_SKEW_S = 300
 MAX_ENVELOPE_BYTES = 64 * 1024
 MAX_BATCH_ENVELOPES = 500
 MAX_CREATED_MS = 2**53  # fits every database integer and a JavaScript number
-ENVELOPE_KINDS = frozenset({"message", "read"})
+# "fetched": the recipient's node reports that it holds (or refused) a message's file.
+ENVELOPE_KINDS = frozenset({"message", "read", "fetched"})
 
 # Always fullmatch: re.match with "$" would accept a trailing newline ("alice\n").
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")

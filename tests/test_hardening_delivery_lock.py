@@ -24,7 +24,7 @@ from django.db import connections
 
 from accounts.models import User
 from messaging import delivery as flow
-from messaging import sending
+from messaging import locks, sending
 from messaging.models import Message
 from p2psocial import redis_client
 from p2psocial.devnet import BASE_DIR
@@ -194,8 +194,8 @@ django.setup()
 from django.conf import settings
 settings.DELIVERY_LOCK_TTL_S = {ttl!r}
 from accounts.models import User
-from messaging import delivery as flow
-with flow._node_lock("branch") as lock:
+from messaging import locks
+with locks.node_lock("branch") as lock:
     print("holding" if lock else "not holding", flush=True)
     threading.Event().wait()
 """
@@ -249,7 +249,7 @@ def test_a_task_that_finds_the_node_busy_looks_once_more_when_the_lock_would_exp
         return runs[-1]
 
     monkeypatch.setattr(flow, "deliver_pending", counted)
-    with flow._node_lock("branch") as held:  # a live worker delivers to branch
+    with locks.node_lock("branch") as held:  # a live worker delivers to branch
         assert held
         tasks.deliver_to_node.apply(args=["branch"])  # eager: the retry runs at once
 
