@@ -10,7 +10,7 @@ from accounts.admin_site import admin_site
 from accounts.roles import OFFICE_ADMINISTRATORS
 
 from . import sending
-from .models import DestinationState, Message, Outbox, ReceivedEnvelope
+from .models import Attachment, DestinationState, Message, Outbox, ReceivedEnvelope
 
 
 @admin.action(description="Retry failed deliveries", permissions=("retry",))
@@ -119,3 +119,33 @@ class ReceivedEnvelopeAdmin(ReadOnlyAdmin):
     list_display = ("envelope_id", "kind", "sender", "sender_node", "stored_at")
     search_fields = ("envelope_id", "sender")
     list_filter = ("kind", "sender_node")
+
+
+@admin.register(Attachment, site=admin_site)
+class AttachmentAdmin(ReadOnlyAdmin):
+    """A file's metadata; never its key, preview or content."""
+
+    list_display = ("name", "mime", "size", "state", "node", "message", "error", "stored_at")
+    list_filter = ("state", "kind", "node")
+    search_fields = ("file_id", "name", "node")
+    fields = (
+        "file_id",
+        "message",
+        "node",
+        "name",
+        "mime",
+        "kind",
+        "size",
+        "sha256",
+        "state",
+        "error",
+        "attempts",
+        "next_attempt_at",
+        "stored_at",
+    )
+    readonly_fields = fields
+    list_select_related = ("message",)
+    show_full_result_count = False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False  # the row names a file in FILES_DIR: removing it would orphan the file

@@ -88,9 +88,13 @@ def _b64_field(value: object, name: str, *, max_bytes: int) -> bytes:
     if not isinstance(value, str) or len(value) > (max_bytes + 2) // 3 * 4:
         raise _invalid(f"file.{name} must be base64 of at most {max_bytes} bytes")
     try:
-        return base64.b64decode(value, validate=True)
+        decoded = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise _invalid(f"file.{name} must be base64") from None
+    # the length check above lets up to two bytes more through (base64 pads to 3 bytes)
+    if len(decoded) > max_bytes:
+        raise _invalid(f"file.{name} must be base64 of at most {max_bytes} bytes")
+    return decoded
 
 
 def check_file_payload(value: object) -> FileFields:

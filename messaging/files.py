@@ -198,11 +198,15 @@ def finish_upload(upload: Upload) -> Upload:
     cut short, too many pixels) is refused: nobody could see it."""
     if upload.file_type.kind != "image":
         return upload
-    with tempfile.TemporaryFile(dir=_incoming_dir()) as plain:
-        for chunk in blobs.iter_plaintext(upload.path, upload.info.key):
-            plain.write(chunk)
-        plain.seek(0)
-        upload.preview = make_preview(plain, upload.file_type, max_bytes=PREVIEW_MAX_BYTES)
+    try:
+        with tempfile.TemporaryFile(dir=_incoming_dir()) as plain:
+            for chunk in blobs.iter_plaintext(upload.path, upload.info.key):
+                plain.write(chunk)
+            plain.seek(0)
+            upload.preview = make_preview(plain, upload.file_type, max_bytes=PREVIEW_MAX_BYTES)
+    except BaseException:
+        upload.discard()  # a full disk, say: the caller no longer holds the upload to remove
+        raise
     if upload.preview is None:
         upload.discard()
         raise errors.FileDamaged(
@@ -489,21 +493,6 @@ def _due_nodes() -> Iterator[str]:
         .values_list("node", flat=True)
         .distinct()
     )
-
-
-def stored_orphans() -> list[Path]:
-    """Files in FILES_DIR that no attachment row names (a crash between writing a file and
-    committing its row): for the operator's cleanup, never removed blindly."""
-    known = {
-        (str(file_id), direction)
-        for file_id, direction in Attachment.objects.values_list("file_id", "message__direction")
-    }
-    found = []
-    for path in (settings.FILES_DIR / "blobs").glob("*/*"):
-        file_id, _, direction = path.name.partition(".")
-        if (file_id, direction) not in known:
-            found.append(path)
-    return found
 
 
 def pull_again(*, node: str) -> None:

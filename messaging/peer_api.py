@@ -3,6 +3,7 @@ GET /api/v1/files/<id> serves a sent file's ciphertext to its recipient's node."
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -22,6 +23,8 @@ from peers.auth import (
 
 from . import files, receiving
 from .models import Attachment, Message
+
+logger = logging.getLogger(__name__)
 
 
 @csrf_exempt
@@ -93,6 +96,11 @@ def file_blob(request: HttpRequest, file_id: str) -> HttpResponse:
     if attachment is None:
         return error_response(protocol.ProtocolError("file_not_found", "no such file", 404))
     blob = files.attachment_path(attachment)
+    if not blob.is_file():
+        # lost from FILES_DIR: a clear 404 rather than a 200 cut short, which the
+        # recipient's node would retry until the message expires
+        logger.error("sent file missing", extra={"file": str(file_uuid), "node": node.name})
+        return error_response(protocol.ProtocolError("file_not_found", "no such file", 404))
     return ranged_response(
         request,
         size=files.ciphertext_size(attachment),

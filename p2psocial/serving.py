@@ -8,8 +8,10 @@ is safe to show inline. A single `Range` lets audio and video seek.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
+from asgiref.sync import sync_to_async
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils.http import content_disposition_header
 
@@ -31,8 +33,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if match is None:
         return None
     first, last = match.groups()
-    if len(first) > 18 or len(last) > 18:
+    # no file has 19 digits of bytes: a longer first position is past the end, a longer
+    # last one (or suffix) the end itself; and int() is never handed thousands of digits
+    if len(first) > 18:
         raise RangeNotSatisfiable()
+    if len(last) > 18:
+        last = str(size)
     if not first:
         if not last or int(last) == 0:
             raise RangeNotSatisfiable()
@@ -61,12 +67,29 @@ def ranged_response(
         return response
     start, end = wanted or (0, size)
     body = read(start, end) if request.method != "HEAD" else iter(())
+    if isinstance(request, ASGIRequest):
+        body = _async_chunks(body)
     response = StreamingHttpResponse(body, status=206 if wanted else 200, content_type=content_type)
     response["Content-Length"] = str(end - start)
     response["Accept-Ranges"] = "bytes"
     if wanted:
         response["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     return response
+
+
+async def _async_chunks(chunks: Iterable[bytes]) -> AsyncIterator[bytes]:
+    """The chunks, each read in a worker thread. Under ASGI, Django turns a synchronous
+    streaming body into a list first (the whole file in memory); an asynchronous one is
+    sent a chunk at a time."""
+    iterator = iter(chunks)
+    next_chunk = sync_to_async(next, thread_sensitive=False)
+    try:
+        while (chunk := await next_chunk(iterator, None)) is not None:
+            yield chunk
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            await sync_to_async(close, thread_sensitive=False)()
 
 
 def user_file_response(

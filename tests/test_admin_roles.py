@@ -47,6 +47,7 @@ OFFICE_PERMISSIONS = {
     "messaging.view_outbox",
     "messaging.view_destinationstate",
     "messaging.view_receivedenvelope",
+    "messaging.view_attachment",  # messaging/0005
     "peers.view_nodeidentity",
     "peers.view_peernode",
     "peers.view_directoryuser",
@@ -176,6 +177,7 @@ def test_the_migration_is_reversible_and_runs_again_on_a_database_that_has_permi
         "/admin/messaging/outbox/",
         "/admin/messaging/destinationstate/",
         "/admin/messaging/receivedenvelope/",
+        "/admin/messaging/attachment/",
         "/admin/peers/peernode/",
         "/admin/peers/directoryuser/",
         "/admin/peers/directorysync/",

@@ -1,4 +1,5 @@
-"""Back up a running node: an online SQLite copy, the master key and the media folder."""
+"""Back up a running node: an online SQLite copy, the master key, the media folder and
+the attachment files."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from django.db import connection
 class Command(BaseCommand):
     help = (
         "Write a consistent backup of this node into DEST (a new folder): db.sqlite3 (online "
-        "backup, safe while the node runs), master.key (mode 0600) and media/. With "
-        "PostgreSQL, back up the database with pg_dump; this command then copies key and media."
+        "backup, safe while the node runs), master.key (mode 0600), media/ and files/ (the "
+        "attachments, encrypted). With PostgreSQL, back up the database with pg_dump first; "
+        "this command then copies key, media and files."
     )
 
     def add_arguments(self, parser):
@@ -47,4 +49,12 @@ class Command(BaseCommand):
         if media.exists():
             shutil.copytree(media, dest / "media")
             self.stdout.write(f"media      -> {dest / 'media'}")
+        # After the database: every file a copied row names is there already (files are
+        # written before their row and never changed). Uploads being written and pulls
+        # under way are not: a restored node pulls those files again.
+        files = Path(settings.FILES_DIR)
+        if files.exists():
+            skip = shutil.ignore_patterns("incoming", "partial")
+            shutil.copytree(files, dest / "files", ignore=skip)
+            self.stdout.write(f"files      -> {dest / 'files'}")
         self.stdout.write(self.style.SUCCESS("backup complete"))
