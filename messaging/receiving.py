@@ -257,6 +257,7 @@ def _stage(
     if envelope.kind == "message":
         text, file = check_message_payload(payload)
         if file is not None:
+            _check_new_file_id(batch, file.file_id)
             batch.files[len(batch.messages)] = file
         batch.messages.append(
             Message(
@@ -287,6 +288,19 @@ def _stage(
             sender_node=envelope.sender_node,
         )
     )
+
+
+def _check_new_file_id(batch: CheckedBatch, file_id: str) -> None:
+    """A received file's id names its copy here: one already taken (a sender reusing ids)
+    is refused, so no file can take another's place."""
+    taken = any(fields.file_id == file_id for fields in batch.files.values())
+    if (
+        taken
+        or Attachment.objects.filter(
+            file_id=file_id, message__direction=Message.Direction.IN
+        ).exists()
+    ):
+        raise protocol.ProtocolError("file_id_conflict", "another file has this id here", 409)
 
 
 def _store_files(batch: CheckedBatch) -> None:

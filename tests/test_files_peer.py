@@ -278,6 +278,18 @@ def test_a_received_file_name_is_stored_cleaned(net, sent_name, stored_name):
     )
 
 
+def test_a_file_id_already_received_here_is_refused_so_no_file_takes_anothers_place(net):
+    bob, rita = net
+    first = announce(rita, bob, file_fields(SAMPLE_INFO))
+    second = announce(rita, bob, file_fields(SAMPLE_INFO, name="other.png"), text="again")
+
+    assert first["errors"] == []
+    [error] = second["errors"]
+    assert error["code"] == "file_id_conflict"
+    assert Attachment.objects.get().name == "photo.png"
+    assert Message.objects.count() == 1
+
+
 # --- pulls from a peer that misbehaves ----------------------------------------------------
 Behaviour = Callable[["FilePeer", socket.socket, dict], None]
 
