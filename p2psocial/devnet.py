@@ -314,6 +314,8 @@ class Server:
                 PYTHON, "-m", "uvicorn", "p2psocial.asgi:application",
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "--no-access-log", "--lifespan", "off", "--timeout-keep-alive", "30",
+                # open event streams would hold a stop up until they end by themselves
+                "--timeout-graceful-shutdown", "10",
                 "--loop", "uvloop", "--http", "httptools",
                 *(["--workers", str(self.web_workers)] if self.web_workers > 1 else []),
             ],

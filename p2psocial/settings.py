@@ -265,6 +265,15 @@ NODE_URL_RESOLVE_TIMEOUT_S = env_float("P2P_NODE_URL_RESOLVE_TIMEOUT_S", 2.0)
 # How long a write waits for the SQLite writer lock (peers.auth.write_transaction) before
 # it is refused as busy: 503 with Retry-After for a peer, a "try again" page for a person.
 WRITER_LOCK_WAIT_S = env_float("P2P_WRITER_LOCK_WAIT_S", 5.0)
+# Live events (p2psocial/events.py): each person's stream and the node's keep about this
+# many events for a page that reconnects, and vanish this long after their last event.
+EVENT_BACKLOG_EVENTS = env_int("P2P_EVENT_BACKLOG_EVENTS", 1000)
+EVENT_BACKLOG_TTL_S = env_int("P2P_EVENT_BACKLOG_TTL_S", 24 * 3600)
+# An open event stream (GET /events/) sends a keepalive after this long without events,
+# for proxies, and ends after at most this long: the browser reconnects where it stopped
+# and the session is checked again, so a logged-out session's stream does not live on.
+EVENT_HEARTBEAT_S = env_float("P2P_EVENT_HEARTBEAT_S", 15.0)
+EVENT_STREAM_MAX_S = env_float("P2P_EVENT_STREAM_MAX_S", 600.0)
 
 # --- security -----------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"

@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.urls import include, path
 
-from . import health
+from . import event_views, health
 
 urlpatterns = [
     path("health", health.health, name="health"),
@@ -17,6 +17,7 @@ else:
         path("", include("accounts.urls")),
         path("", include("peers.urls")),
         path("", include("messaging.urls")),
+        path("events/", event_views.stream, name="events"),
     ]
 
 # The admin requires a verified second factor on both roles (accounts.admin_site).
