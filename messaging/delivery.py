@@ -21,7 +21,7 @@ from peers import protocol
 from peers.auth import KnownNode, write_transaction
 from peers.models import PeerNode
 
-from . import files
+from . import files, live
 from .locks import HeldLock, lock_expires_in_s, node_lock
 from .models import Attachment, DestinationState, Message, Outbox
 from .outbox import (
@@ -238,6 +238,7 @@ def _apply_answer(
     answered = set(delivered) | {str(r.envelope_id) for rs in failed.values() for r in rs}
     retried_ids = {str(r.envelope_id) for r in retried + resealed}
     retried += [r for i, r in by_id.items() if i not in answered and i not in retried_ids]
+    owners = live.owners(r.message_id for r in rows if r.message_id)  # before the lock
     now = timezone.now()
     with write_transaction():
         if resealed:
@@ -283,6 +284,12 @@ def _apply_answer(
                     next_attempt_at=now + timedelta(seconds=backoff_delay_s(row.attempts + 1)),
                     last_error=error,
                 )
+        live.announce(
+            [r.message_id for r in delivered.values()]
+            + [r.message_id for group in failed.values() for r in group],
+            "status",
+            known=owners,
+        )
         DestinationState.objects.filter(node=node, consecutive_failures__gt=0).update(
             consecutive_failures=0, next_attempt_at=None, last_error="", last_success_at=now
         )
@@ -382,6 +389,7 @@ def sweep_outbox() -> list[str]:
         )
     )
     if expired:
+        owners = live.owners(m for _, m in expired if m)
         with transaction.atomic():
             Message.objects.filter(
                 id__in=[m for _, m in expired if m], status=Message.Status.QUEUED
@@ -390,6 +398,7 @@ def sweep_outbox() -> list[str]:
                 failed_at=now, last_error="expired"
             )
             Outbox.objects.filter(id__in=[o for o, m in expired if not m]).delete()
+            live.announce([m for _, m in expired if m], "status", known=owners)
         logger.warning("undelivered envelopes expired", extra={"count": len(expired)})
     due = set(
         Outbox.objects.filter(failed_at__isnull=True, next_attempt_at__lte=now)

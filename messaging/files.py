@@ -33,7 +33,7 @@ from peers import protocol
 from peers.auth import write_transaction
 from peers.models import PeerNode
 
-from . import blobs, errors
+from . import blobs, errors, live
 from .content import PREVIEW_MAX_BYTES, FileFields
 from .filetypes import HEAD_BYTES, FileType, clean_filename, detect, make_preview
 from .locks import node_lock
@@ -464,6 +464,9 @@ def _settle(attachment: Attachment, *, outcome: str) -> None:
             )
         if row is not None:
             row.save()
+        live.announce(
+            [message.id], "file", known={message.id: (message.owner_id, message.peer_username)}
+        )
     if row is not None:
         schedule_delivery(row.destination)
 

@@ -17,7 +17,7 @@ from peers import directory, protocol
 from peers.auth import KnownNode, write_transaction
 from peers.models import DirectoryUser
 
-from . import files
+from . import files, live
 from .content import (
     READ_RECEIPT_MAX_IDS,
     FileFields,
@@ -112,6 +112,7 @@ class CheckedBatch:
     # "fetched" receipts: (reader, author, message envelope id, outcome)
     fetched: list[tuple[str, str, str, str]] = field(default_factory=list)
     fetched_outcomes: dict[int, str] = field(default_factory=dict)  # message id: outcome
+    owners: live.Owners = field(default_factory=dict)  # of the messages receipts change
 
 
 def check_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) -> CheckedBatch:
@@ -211,6 +212,7 @@ def check_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) ->
     for reader, author, envelope_id, outcome in batch.fetched:
         for message_id in _waiting_for_file(reader=reader, author=author, envelope_id=envelope_id):
             batch.fetched_outcomes[message_id] = outcome
+    batch.owners = live.owners([*batch.read_message_ids, *batch.fetched_outcomes])
     return batch
 
 
@@ -225,6 +227,13 @@ def store_envelopes(*, batch: CheckedBatch) -> dict:
                 _store_files(batch)
                 _mark_read(sorted(batch.read_message_ids), now=timezone.now())
                 _apply_fetched(batch.fetched_outcomes, now=timezone.now())
+                stored = {m.id: (m.owner_id, m.peer_username) for m in batch.messages}
+                live.announce(stored, "new", known=stored)
+                live.announce(
+                    [*batch.read_message_ids, *batch.fetched_outcomes],
+                    "status",
+                    known=batch.owners,
+                )
         except IntegrityError:
             # Another request stored one of these envelopes since they were checked: the
             # sender retries and then gets the acknowledgement of the stored copy.

@@ -16,7 +16,7 @@ from peers import protocol
 from peers.auth import write_transaction
 from peers.services import request_presence_report
 
-from . import errors, files, queries
+from . import errors, files, live, queries
 from .content import READ_RECEIPT_MAX_IDS, validate_caption, validate_text
 from .models import Attachment, Message, Outbox
 from .outbox import (
@@ -100,6 +100,7 @@ def _send(sender: User, recipient_username: str, text: str, upload: files.Upload
     # After the block: it runs at once unless a caller's transaction is still open, and
     # not while this process's other sending threads queue behind the SQLite writer.
     schedule_delivery(recipient.node)
+    live.announce([message.id], "new")  # the sender's other tabs
     logger.info(
         "message queued",
         extra={"envelope": envelope_id, "node": recipient.node, "sender": sender.username},
@@ -254,6 +255,8 @@ def mark_conversation_read(*, viewer: User, peer_username: str, up_to_id: int | 
             Outbox.objects.bulk_create(rows)
     if rows and count:
         schedule_delivery(recipient.node)  # after the writer lock, as in send_message
+    if count:
+        live.announce_read(owner_id=viewer.pk, peer=peer_username)
     return count
 
 
@@ -334,5 +337,6 @@ def retry_failed_messages(message_ids: list[int]) -> int:
         forget_backoff(destinations)
         for node in sorted(destinations):
             transaction.on_commit(lambda node=node: enqueue(node, force=True))
+        live.announce([r[1] for r in rows], "status")
     logger.info("failed messages re-queued", extra={"count": len(rows)})
     return len(rows)

@@ -113,6 +113,33 @@ def publish_all(kind: str, data: dict) -> None:
     _append(node_key(), kind, data)
 
 
+def publish_many(events: list[tuple[int, str, dict]]) -> None:
+    """Append each (user_id, kind, data) to its person's stream in one round trip."""
+    bodies = [(person_key(user_id), kind, encode(kind, data)) for user_id, kind, data in events]
+    if not bodies:
+        return
+    try:
+        with redis_client.get().pipeline(transaction=False) as pipe:
+            for key, _, body in bodies:
+                pipe.xadd(
+                    key, {_FIELD: body}, maxlen=settings.EVENT_BACKLOG_EVENTS, approximate=True
+                )
+            for key in {key for key, _, _ in bodies}:
+                pipe.expire(key, int(settings.EVENT_BACKLOG_TTL_S))
+            pipe.execute()
+    except redis.RedisError as exc:
+        logger.warning(
+            "events not published", extra={"count": len(bodies), "error": type(exc).__name__}
+        )
+
+
+def publish_many_on_commit(events: list[tuple[int, str, dict]]) -> None:
+    """`publish_many` once the current transaction commits."""
+    for _, kind, data in events:
+        encode(kind, data)
+    transaction.on_commit(lambda: publish_many(events))
+
+
 def publish_on_commit(user_id: int, kind: str, data: dict) -> None:
     """`publish` once the current transaction commits (at once outside a transaction)."""
     encode(kind, data)  # refuse a bad event here, where the caller can see it

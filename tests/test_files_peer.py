@@ -20,7 +20,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.core.files.uploadhandler import StopFutureHandlers
 from django.test import Client
 from django.utils import timezone
 
@@ -42,6 +41,7 @@ from tests.helpers.messaging import (
     post_signed,
     seal_from,
 )
+from tests.helpers.uploads import uploaded
 
 pytestmark = pytest.mark.django_db
 
@@ -65,17 +65,6 @@ def left_in(folder: Path) -> list[Path]:
 
 
 # --- the peer API -------------------------------------------------------------------------
-def uploaded(data: bytes, name: str = "photo.png") -> files.Upload:
-    """data through the upload handler, in the pieces Django hands it over."""
-    handler = files.EncryptingUploadHandler()
-    with contextlib.suppress(StopFutureHandlers):
-        handler.new_file("file", name, "image/png", len(data))
-    for start in range(0, len(data), handler.chunk_size):
-        handler.receive_data_chunk(data[start : start + handler.chunk_size], start)
-    handler.file_complete(len(data))
-    return files.finish_upload(handler.uploads.pop())
-
-
 @pytest.fixture
 def sent():
     """alice on this node "hq" sent rita (node "branch") a file; "other" is a third node."""
