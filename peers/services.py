@@ -21,6 +21,7 @@ from nacl.signing import SigningKey
 from accounts.crypto import encrypt_at_rest
 from accounts.models import User
 from accounts.queries import local_people, local_usernames
+from p2psocial import events
 
 from . import protocol
 from .client import session_for, signed_get, signed_post
@@ -508,6 +509,7 @@ def apply_directory(*, body: bytes, signature: bytes) -> ApplyResult:
             )
         DirectorySync.objects.filter(pk=1).update(generated=generated)
         existing_nodes = {n.name: n for n in PeerNode.objects.all()}
+        presence_changed = False  # what the users list shows: open pages re-read it
         for name, data in nodes.items():
             node = existing_nodes.get(name)
             if node is None:
@@ -521,6 +523,7 @@ def apply_directory(*, body: bytes, signature: bytes) -> ApplyResult:
                 or node.online != data["online"]
                 or not node.active
             )
+            presence_changed = presence_changed or node.online != data["online"]
             if changed:
                 node.url, node.sign_key, node.online = data["url"], data["sign_key"], data["online"]
                 node.active = True
@@ -552,7 +555,12 @@ def apply_directory(*, body: bytes, signature: bytes) -> ApplyResult:
             user = existing_users.get(parsed.username)
             if user is None:
                 to_create.append(DirectoryUser(username=parsed.username, **values))
+                presence_changed = True
                 continue
+            presence_changed = presence_changed or (user.status, user.listed) != (
+                values["status"],
+                True,
+            )
             # A person moved to another node is flagged like new keys: that node would get
             # their messages and its acknowledgements would say "delivered".
             moved = user.node_id != values["node"].pk
@@ -568,11 +576,15 @@ def apply_directory(*, body: bytes, signature: bytes) -> ApplyResult:
             to_update, [*_USER_FIELDS, "keys_changed_at"], batch_size=500
         )
         rejected_names = _rejected_usernames(obj, result)
-        DirectoryUser.objects.filter(listed=True).exclude(
-            username__in=list(seen | rejected_names)
-        ).update(listed=False, updated_at=now)
+        unlisted = (
+            DirectoryUser.objects.filter(listed=True)
+            .exclude(username__in=list(seen | rejected_names))
+            .update(listed=False, updated_at=now)
+        )
         came_online = list(result.came_online)
         transaction.on_commit(lambda: _announce_online(came_online))
+        if presence_changed or unlisted:
+            events.publish_all_on_commit("presence.changed", {})
     result.users = len(seen)
     for username in result.keys_changed:
         logger.warning("user keys changed", extra={"username": username})
