@@ -25,6 +25,7 @@ import requests
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers
 from django.db import transaction
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from accounts.crypto import decrypt_at_rest, encrypt_at_rest
@@ -79,7 +80,7 @@ def attachment_path(attachment: Attachment) -> Path:
 
 
 def _limit_text() -> str:
-    return f"{settings.FILE_MAX_BYTES / 1_000_000:g} MB"
+    return filesizeformat(settings.FILE_MAX_BYTES)  # as the page says it
 
 
 # --- upload -------------------------------------------------------------------------------

@@ -152,6 +152,60 @@ def file_of(*, owner: User, file_id: str) -> Attachment | None:
     )
 
 
+# --- the conversation page's bubbles ------------------------------------------------------
+RENDER_MAX_IDS = 100  # bubbles one poll may ask to have drawn again
+
+# Why a received file could not be had, in words, by the code its pull failed with.
+_FILE_FAILURES = {
+    "file_expired": "it did not arrive in time",
+    "file_not_found": "the sender's office no longer has it",
+    "unknown_node": "the sender's office is not known here",
+    "file_type_mismatch": "it is not the kind of file it was announced as",
+    "file_too_long": "it is longer than announced",
+    "file_truncated": "it arrived incomplete",
+    "file_length": "it is not the size it was announced as",
+    "file_hash": "it is not the file that was sent",
+    "file_tampered": "it was damaged on the way",
+    "file_bad_header": "it was damaged on the way",
+    "file_trailing_bytes": "it was damaged on the way",
+}
+
+
+def file_failure_reason(code: str) -> str:
+    """Why a file could not be received, for the person: words for a known code, else
+    the code itself."""
+    return _FILE_FAILURES.get(code, code or "unknown reason")
+
+
+def message_bubble(message: Message) -> dict[str, Any]:
+    """What templates/messaging/_message.html draws of a message: the message, its file
+    (file_json) and, for a file that could not be received, why."""
+    file = file_json(message)
+    failed = file is not None and file["state"] == Attachment.State.FAILED
+    return {
+        "m": message,
+        "file": file,
+        "file_reason": file_failure_reason(file["error"]) if failed else "",
+    }
+
+
+def messages_by_id(*, owner: User, peer_username: str, ids: list[int]) -> list[Message]:
+    """Those of the messages ids that belong to owner's conversation with peer."""
+    return list(_conversation(owner, peer_username).filter(id__in=ids[:RENDER_MAX_IDS]))
+
+
+def recent_file_states(*, owner: User, peer_username: str) -> dict[int, str]:
+    """The state of the files of a conversation's latest messages with one (pending,
+    stored, failed), by message id: a page draws a file again once its state changes."""
+    rows = (
+        _conversation(owner, peer_username)
+        .filter(attachment__isnull=False)
+        .order_by("-id")
+        .values_list("id", "attachment__state")[:STATUS_WINDOW]
+    )
+    return dict(rows)
+
+
 def delivery_health() -> dict[str, Any]:
     """Figures for /health: outbox depth, age of the oldest undelivered envelope, failures."""
     pending = Outbox.objects.filter(failed_at__isnull=True)

@@ -342,11 +342,12 @@ def _waiting_for_file(*, reader: str, author: str, envelope_id: str) -> list[int
 def _apply_fetched(outcomes: dict[int, str], *, now) -> None:
     """Messages whose file the recipient's node now holds are delivered; refused, failed."""
     stored = [i for i, outcome in outcomes.items() if outcome == "stored"]
-    Message.objects.filter(id__in=stored).update(
-        status=Message.Status.DELIVERED, delivered_at=now, error=""
-    )
+    # A read receipt in the same batch may have made it read already: that stays.
+    Message.objects.filter(
+        id__in=stored, status__in=[Message.Status.QUEUED, Message.Status.SENT]
+    ).update(status=Message.Status.DELIVERED, delivered_at=now, error="")
     for message_id, outcome in outcomes.items():
-        if outcome != "stored":
+        if outcome != "stored":  # the file never arrived, even if the caption was read
             Message.objects.filter(id=message_id).update(
                 status=Message.Status.FAILED, error=outcome[:64]
             )

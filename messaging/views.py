@@ -12,9 +12,11 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.http.multipartparser import MultiPartParserError
+from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.views.decorators.cache import never_cache
-from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.models import User
@@ -93,9 +95,11 @@ def conversation(request: HttpRequest, username: str) -> HttpResponse:
     context = {
         "peer": peer,
         "page": page,
+        "bubbles": [queries.message_bubble(m) for m in page.messages],
         "error": error,
         "draft": draft,
         "max_chars": settings.MESSAGE_MAX_CHARS,
+        "file_max_bytes": settings.FILE_MAX_BYTES,
         "key_change_pending": _key_change_pending(request.user, username),
         "last_id": max((m.id for m in page.messages), default=0),
         "is_latest": before is None,
@@ -107,6 +111,10 @@ def conversation(request: HttpRequest, username: str) -> HttpResponse:
 @login_required
 @require_GET
 def messages_json(request: HttpRequest, username: str) -> JsonResponse:
+    """The page's poll: messages after ?after=<id>, each with its bubble's HTML (the same
+    template as the page's); the status of one's latest sent messages and the state of
+    the latest files, so the page can tell which bubbles changed; and for ?render=<ids>
+    (comma separated) those bubbles drawn again."""
     try:
         peer = _peer_or_404(request.user, username)
     except Http404:
@@ -121,12 +129,38 @@ def messages_json(request: HttpRequest, username: str) -> JsonResponse:
             {"error": {"code": "invalid_field", "message": "after must be a message id"}},
             status=400,
         )
+    wanted = [i for i in request.GET.get("render", "").split(",") if i]
+    if len(wanted) > queries.RENDER_MAX_IDS or not all(
+        i.isdigit() and len(i) <= 18 for i in wanted
+    ):
+        return JsonResponse(
+            {
+                "error": {
+                    "code": "invalid_field",
+                    "message": f"render must be up to {queries.RENDER_MAX_IDS} message ids, "
+                    "comma separated",
+                }
+            },
+            status=400,
+        )
+
+    def bubble_html(message) -> str:
+        return render_to_string(
+            "messaging/_message.html", queries.message_bubble(message), request=request
+        )
+
     new = queries.messages_after(owner=request.user, peer_username=peer.username, after_id=after)
     statuses = queries.recent_statuses(owner=request.user, peer_username=peer.username)
+    file_states = queries.recent_file_states(owner=request.user, peer_username=peer.username)
+    redrawn = queries.messages_by_id(
+        owner=request.user, peer_username=peer.username, ids=[int(i) for i in wanted]
+    )
     return JsonResponse(
         {
-            "messages": [queries.message_json(m) for m in new],
+            "messages": [{**queries.message_json(m), "html": bubble_html(m)} for m in new],
             "statuses": {str(k): v for k, v in statuses.items()},
+            "files": {str(k): v for k, v in file_states.items()},
+            "rendered": {str(m.id): bubble_html(m) for m in redrawn},
         },
         json_dumps_params={"ensure_ascii": False},
     )
@@ -189,42 +223,22 @@ def _wants_json(request: HttpRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
-@csrf_exempt  # the upload handler must be in place before anything reads the body:
-def upload(request: HttpRequest, username: str) -> HttpResponse:  # CSRF is checked below
+# The upload's own CSRF check (the middleware's, run by hand once the body is parsed).
+_csrf_check = CsrfViewMiddleware(lambda request: HttpResponse())
+
+
+@csrf_exempt  # checked in _upload: the middleware would read the body before the handler
+@never_cache
+def upload(request: HttpRequest, username: str) -> HttpResponse:
     """POST one file (field "file") with an optional caption ("text"): the file is
     encrypted as it arrives, its type told from its bytes, and sent as a message. Answers
     JSON to the page's script ({"message": ...} or {"error": ...}), a redirect to a plain
-    form (the error shown on the conversation page)."""
-    request.upload_handlers = [files.EncryptingUploadHandler(request)]
-    return _upload(request, username)
-
-
-@csrf_protect
-@never_cache
-def _upload(request: HttpRequest, username: str) -> HttpResponse:
-    handler = request.upload_handlers[0]
+    form (the error shown on the conversation page). Whatever goes wrong, nothing of the
+    file is left behind."""
+    handler = files.EncryptingUploadHandler(request)
+    request.upload_handlers = [handler]
     try:
-        if request.method != "POST":
-            return _json_error("method_not_allowed", "use POST", 405)
-        if not (request.user.is_authenticated and request.user.is_verified()):
-            return _json_error("login_required", "Log in to continue.", 401)
-        try:
-            peer = _peer_or_404(request.user, username)
-        except Http404:
-            return _json_error("unknown_user", "There is nobody with this name.", 404)
-        try:
-            caption = request.POST.get("text", "")
-            request.FILES  # noqa: B018 (parses the body through the handler)
-        except MessagingError:
-            raise
-        except (RequestDataTooBig, TooManyFieldsSent, MultiPartParserError):
-            raise errors.FileRefused("The upload could not be read; please try again.") from None
-        if not handler.uploads:
-            raise errors.FileRefused("Choose a file to send.")
-        upload = files.finish_upload(handler.uploads.pop())
-        message = sending.send_message(
-            sender=request.user, recipient_username=peer.username, text=caption, upload=upload
-        )
+        return _upload(request, username, handler)
     except MessagingError as exc:
         handler.discard()
         if _wants_json(request):
@@ -234,6 +248,33 @@ def _upload(request: HttpRequest, username: str) -> HttpResponse:
     except BaseException:
         handler.discard()
         raise
+
+
+def _upload(
+    request: HttpRequest, username: str, handler: files.EncryptingUploadHandler
+) -> HttpResponse:
+    if request.method != "POST":
+        return _json_error("method_not_allowed", "use POST", 405)
+    if not (request.user.is_authenticated and request.user.is_verified()):
+        return _json_error("login_required", "Log in to continue.", 401)
+    try:
+        peer = _peer_or_404(request.user, username)
+    except Http404:
+        return _json_error("unknown_user", "There is nobody with this name.", 404)
+    try:
+        caption = request.POST.get("text", "")  # the body, through the handler
+    except (RequestDataTooBig, TooManyFieldsSent, MultiPartParserError):
+        raise errors.FileRefused("The upload could not be read; please try again.") from None
+    refused = _csrf_check.process_view(request, None, (), {})
+    if refused is not None:  # a cross-site form: nothing it sent is kept
+        handler.discard()
+        return refused
+    if not handler.uploads:
+        raise errors.FileRefused("Choose a file to send.")
+    upload = files.finish_upload(handler.uploads.pop())
+    message = sending.send_message(
+        sender=request.user, recipient_username=peer.username, text=caption, upload=upload
+    )
     if _wants_json(request):
         return JsonResponse(
             {"message": queries.message_json(message)},

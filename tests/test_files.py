@@ -57,6 +57,13 @@ def login(username: str) -> Client:
     return logged_in(Client(), username, secret)
 
 
+def checking_csrf(client: Client) -> Client:
+    """client's session in a client that checks CSRF tokens, as a browser request is."""
+    browser = Client(enforce_csrf_checks=True)
+    browser.cookies = client.cookies
+    return browser
+
+
 @pytest.fixture
 def alice(net) -> Client:
     return login("alice")
@@ -187,10 +194,43 @@ def test_a_truncated_png_is_refused_as_damaged(alice, files_dir):
 
 
 def test_a_file_over_the_limit_is_a_413_that_names_the_limit(alice, files_dir, settings):
-    settings.FILE_MAX_BYTES = 200_000
-    data = samples.png() + samples.random_bytes(200_001)
+    settings.FILE_MAX_BYTES = 256 * 1024
+    data = samples.png() + samples.random_bytes(256 * 1024)
     response = upload(alice, data)
-    assert error_of(response) == (413, "file_too_large", "A file may be at most 0.2 MB.")
+    # the limit as the page writes it too (Django's filesizeformat)
+    assert error_of(response) == (413, "file_too_large", "A file may be at most 256.0\xa0KB.")
+    assert nothing_stored(files_dir)
+
+
+def test_a_browser_with_its_csrf_token_gets_the_refusal_not_an_error(net, files_dir):
+    """As a browser posts it: the CSRF token checked, against the body read by the handler."""
+    browser = checking_csrf(login("alice"))
+    browser.get("/chat/rita/")
+    token = browser.cookies["csrftoken"].value
+    body = form(("text", None, b""), ("file", "photo.png", samples.html()))
+
+    response = browser.post(
+        "/chat/rita/files/",
+        data=body,
+        content_type=f"multipart/form-data; boundary={BOUNDARY}",
+        HTTP_X_CSRFTOKEN=token,
+        **JSON,
+    )
+
+    assert error_of(response) == TYPE_REFUSED
+    assert nothing_stored(files_dir)
+
+
+def test_a_cross_site_upload_is_refused_and_nothing_kept(net, files_dir):
+    browser = checking_csrf(login("alice"))
+
+    response = browser.post(
+        "/chat/rita/files/",
+        data=form(("file", "photo.png", samples.png())),
+        content_type=f"multipart/form-data; boundary={BOUNDARY}",
+    )
+
+    assert response.status_code == 403
     assert nothing_stored(files_dir)
 
 

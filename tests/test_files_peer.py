@@ -626,3 +626,41 @@ def test_a_pull_that_never_completes_fails_by_age_and_tells_the_sender(
     )
     assert receipt_of(bob, net[1])["outcome"] == "file_expired"
     assert left_in(files_dir) == []
+
+
+# --- receipts from the recipient's node -----------------------------------------------------
+def test_a_read_receipt_and_the_fetched_receipt_in_one_batch_leave_the_message_read():
+    join_local_node("hq")
+    alice = make_local_person("alice")
+    rita = make_remote_person(make_remote_node("branch"), "rita")
+    message = sending.send_message(
+        sender=alice, recipient_username="rita", text="look", upload=uploaded(samples.png())
+    )
+    Message.objects.filter(id=message.id).update(status="sent")  # its envelope arrived
+    ids = {"id": str(message.envelope_id)}
+    read = seal_from(rita, alice, {"ids": [ids["id"]]}, kind="read")
+    fetched = seal_from(rita, alice, {**ids, "outcome": "stored"}, kind="fetched")
+
+    response = post_signed(Client(), rita.node, protocol.encode_batch([read, fetched]), path=INBOX)
+
+    assert response.status_code == 200 and response.json()["errors"] == []
+    assert Message.objects.get(id=message.id).status == "read"
+
+
+def test_a_fetched_receipt_from_someone_else_changes_nothing():
+    join_local_node("hq")
+    alice = make_local_person("alice")
+    branch = make_remote_node("branch")
+    make_remote_person(branch, "rita")
+    mallory = make_remote_person(branch, "mallory")
+    message = sending.send_message(
+        sender=alice, recipient_username="rita", text="", upload=uploaded(samples.png())
+    )
+    Message.objects.filter(id=message.id).update(status="sent")
+    forged = seal_from(
+        mallory, alice, {"id": str(message.envelope_id), "outcome": "file_hash"}, kind="fetched"
+    )
+
+    post_signed(Client(), branch, protocol.encode_batch([forged]), path=INBOX)
+
+    assert Message.objects.get(id=message.id).status == "sent"
