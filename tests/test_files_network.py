@@ -8,8 +8,10 @@ import hashlib
 
 import pytest
 import requests
+from playwright.sync_api import expect
 
 from tests.helpers import samples
+from tests.helpers.browser import launch_chromium
 from tests.helpers.chat import chat_page, people_on, poll, url, wait_until_listed
 from tests.network import Network, csrf_token, wait_for
 
@@ -166,3 +168,60 @@ def test_a_tampered_ciphertext_is_refused_and_both_sides_show_failed(net):
         timeout=60,
         message="alice sees the file failed",
     )
+
+
+def test_the_recipients_browser_shows_each_kind_with_its_own_element(net):
+    """In Chromium, bob's conversation on branch shows what alice sent from hq: a picture,
+    players that load the audio and video from branch, the PDF's link, the caption."""
+    sent = {
+        kind: upload(net, "alice", "bob", name, KINDS[sample][0](), caption=f"shown {kind}")
+        for kind, name, sample in (
+            ("image", "shown.png", "photo.png"),
+            ("audio", "shown.wav", "note.wav"),
+            ("video", "shown.webm", "clip.webm"),
+            ("pdf", "shown.pdf", "minutes.pdf"),
+        )
+    }
+    for kind, message in sent.items():
+        wait_for(
+            lambda file_id=message["file"]["id"]: (
+                received_state(net, "bob", "alice", file_id) == "stored"
+            ),
+            timeout=60,
+            message=f"branch holds the {kind}",
+        )
+    branch_url = net.node("branch").url
+    cookies = [
+        {"name": c.name, "value": c.value, "url": branch_url} for c in net.sessions["bob"].cookies
+    ]
+    dialogs: list[str] = []
+    with launch_chromium() as browser:
+        context = browser.new_context()
+        context.add_cookies(cookies)
+        page = context.new_page()
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.goto(f"{branch_url}/chat/alice/")
+
+        def bubble(kind: str):
+            file_id = sent[kind]["file"]["id"]
+            url = message_with_file(net, "bob", "alice", file_id)["file"]["url"]
+            return page.locator(f".bubble:has([href='{url}'], [src='{url}'])"), url
+
+        image, url = bubble("image")
+        expect(image.locator(f"img.attachment__image[src='{url}']")).to_be_visible()
+        assert image.locator("img").evaluate("img => img.complete && img.naturalWidth > 0")
+        for kind, tag in (("audio", "audio"), ("video", "video")):
+            player, url = bubble(kind)
+            element = player.locator(f"{tag}[src='{url}']")
+            expect(element).to_have_count(1)
+            # the browser fetched it from branch and could read its length
+            page.wait_for_function(
+                f"() => {{ const m = document.querySelector(\"{tag}[src='{url}']\");"
+                " return m && m.readyState >= 1 && m.duration > 0; }",
+                timeout=20_000,
+            )
+        pdf, url = bubble("pdf")
+        expect(pdf.locator(f"a.attachment__link[href='{url}']")).to_have_text("shown.pdf")
+        expect(pdf.locator(".bubble__text")).to_have_text("shown pdf")
+        context.close()
+    assert dialogs == []
