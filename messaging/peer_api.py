@@ -16,6 +16,7 @@ from peers.auth import (
     log_refusal,
     read_body,
     record_nonce,
+    signed_path,
     storage_errors_refused,
     verify_signed,
     write_transaction,
@@ -58,13 +59,14 @@ def inbox(request: HttpRequest) -> JsonResponse:
     return JsonResponse(answer, json_dumps_params={"ensure_ascii": False})
 
 
+@csrf_exempt  # signed by a node, never sent with a browser's cookies
 def file_blob(request: HttpRequest, file_id: str) -> HttpResponse:
     """GET /api/v1/files/<id>, signed: the ciphertext of a file this node sent, for the
     node of its recipient only (anyone else: 404, as for a file that does not exist). A
     single Range resumes an interrupted pull."""
     if request.method != "GET":
         return error_response(protocol.ProtocolError("method_not_allowed", "use GET", 405))
-    path = request.get_full_path()
+    path = signed_path(request)
     try:
         with storage_errors_refused():
             node, auth = verify_signed(

@@ -364,6 +364,18 @@ def write_transaction() -> Iterator[None]:
         yield
 
 
+def signed_path(request: HttpRequest) -> str:
+    """The path and query exactly as the client sent them (still percent-encoded), which
+    is what its signature covers; Django's get_full_path() decodes and encodes again, so a
+    path with escapes in it would not verify. For routes with a variable segment."""
+    scope = getattr(request, "scope", None)
+    raw = scope.get("raw_path") if scope else None
+    if not raw:
+        return request.get_full_path()
+    query = scope.get("query_string") or b""
+    return raw.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+
+
 def log_refusal(error: protocol.ProtocolError, *, path: str, remote: str | None) -> None:
     logger.warning(
         "signed request refused",

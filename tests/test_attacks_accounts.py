@@ -302,7 +302,11 @@ def test_only_the_signed_peer_api_is_exempt_from_csrf():
         for name, p in ROUTES.items()
         if getattr(p.callback, "csrf_exempt", False)
     }
-    assert exempt == {"messaging:inbox": "/api/v1/inbox", "messaging:upload": "/chat/bob/files/"}
+    assert exempt == {
+        "messaging:inbox": "/api/v1/inbox",
+        "messaging:peer_file": f"/api/v1/files/{SAMPLE_ARGS['file_id']}",
+        "messaging:upload": "/chat/bob/files/",
+    }
 
 
 @pytest.mark.parametrize(
