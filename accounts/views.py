@@ -32,11 +32,11 @@ _PENDING_TOTP_KEY = "accounts_pending_totp_device"
 
 
 def home_url() -> str:
-    """The logged-in home page (the users list)."""
+    """The logged-in home page (the conversations home)."""
     try:
-        return reverse("peers:users")
-    except NoReverseMatch:  # the peers pages are not routed in this build
-        return "/users/"
+        return reverse("messaging:home")
+    except NoReverseMatch:  # the messaging pages are not routed in this build
+        return "/chats/"
 
 
 def _safe_next(request: HttpRequest, candidate: str | None) -> str | None:

@@ -1,16 +1,23 @@
-"""Reads about messages and delivery: conversation pages, polling, health figures."""
+"""Reads about messages and delivery: conversation pages, polling, the conversations home,
+unread counts, health figures."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
-from django.db.models import Min, Q
+from django.db.models import Count, F, Min, Q, Window
+from django.db.models.functions import RowNumber
 from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.queries import local_people
+from peers.models import DirectoryUser
+from peers.queries import directory_freshness
 
 from .models import Attachment, Message, Outbox
 
@@ -204,6 +211,148 @@ def recent_file_states(*, owner: User, peer_username: str) -> dict[int, str]:
         .values_list("id", "attachment__state")[:STATUS_WINDOW]
     )
     return dict(rows)
+
+
+# --- the conversations home and unread counts ---------------------------------------------
+CONVERSATIONS_MAX = 200  # the home lists the latest this many conversations
+PREVIEW_MAX_CHARS = 80
+
+# What the home says a file is, by attachment kind (messaging.content).
+_FILE_KINDS = {"image": "Photo", "video": "Video", "audio": "Audio", "pdf": "PDF"}
+
+
+def unread_counts(*, owner: User) -> dict[str, int]:
+    """How many received messages owner has not read, by conversation (peer username);
+    conversations with none are left out. One grouped query on the message_unread index."""
+    rows = (
+        Message.objects.filter(owner=owner, direction=Message.Direction.IN, read_at__isnull=True)
+        .values_list("peer_username")
+        .annotate(unread=Count("id"))
+        .order_by()
+    )
+    return dict(rows)
+
+
+def latest_messages(*, owner: User, limit: int = CONVERSATIONS_MAX) -> list[Message]:
+    """The last message of each of owner's conversations (the one at the bottom of its
+    page: conversation_page's order), the most recent conversation first; one query."""
+    last_of_each = (
+        Message.objects.filter(owner=owner)
+        .annotate(
+            rank=Window(
+                RowNumber(),
+                partition_by=[F("peer_username")],
+                order_by=[F("created_ms").desc(), F("id").desc()],
+            )
+        )
+        .filter(rank=1)
+        .values("id")
+    )
+    return list(
+        Message.objects.filter(id__in=last_of_each)
+        .select_related("attachment")
+        .defer("sender_username", "recipient_username", "attachment__key", "attachment__preview")
+        .order_by("-created_ms", "-id")[:limit]
+    )
+
+
+def message_preview(message: Message) -> tuple[str, bool]:
+    """What the home shows of a message, as plain text, and whether it is a file: its
+    first line that is not blank, or a file's kind and name; cut to PREVIEW_MAX_CHARS."""
+    attachment = attachment_of(message)
+    if attachment is not None:
+        text = f"{_FILE_KINDS.get(attachment.kind, 'File')}: {attachment.name}"
+    else:
+        text = next((line.strip() for line in message.text.splitlines() if line.strip()), "")
+    if len(text) > PREVIEW_MAX_CHARS:
+        text = text[: PREVIEW_MAX_CHARS - 1].rstrip() + "…"
+    return text, attachment is not None
+
+
+@dataclass(frozen=True)
+class Person:
+    """The other person of a conversation as the home shows them."""
+
+    name: str  # the full name, else the username
+    office: str  # node name; "" when this node no longer knows them
+    status: str  # online / away / offline / unknown, as the users list shows it
+
+
+def people(usernames: list[str]) -> dict[str, Person]:
+    """Name, office and presence of each of usernames, by username: a person of this node
+    by their profile, anyone else by the directory; status from the directory as the users
+    list shows it ("unknown" while the directory is stale). Three queries, however many."""
+    local = dict(local_people(usernames).values_list("username", "profile__full_name"))
+    listed = {
+        row[0]: row[1:]
+        for row in DirectoryUser.objects.filter(username__in=usernames).values_list(
+            "username", "full_name", "status", "node__name", "listed", "node__active"
+        )
+    }
+    stale = directory_freshness().stale
+    result = {}
+    for username in usernames:
+        full_name, status, node, is_listed, node_active = listed.get(
+            username, ("", "unknown", "", False, False)
+        )
+        if not (is_listed and node_active) or stale:
+            status = "unknown"
+        if username in local:
+            # A person of this node is who messages in this name reach (as on their
+            # profile): their own name and office, whatever another node claims.
+            here = settings.NODE_NAME or node
+            if node != here:
+                status = "unknown"
+            full_name, node = local[username] or "", here
+        result[username] = Person(name=full_name or username, office=node, status=status)
+    return result
+
+
+@dataclass(frozen=True)
+class ConversationRow:
+    """One row of the conversations home (templates/messaging/_conversation_row.html)."""
+
+    username: str
+    person: Person
+    preview: str  # plain text: the template escapes it
+    is_file: bool
+    is_own: bool  # the last message is one's own
+    created_ms: int  # the sender's clock: the page shows it in the reader's time zone
+    stored_at: datetime  # shown without JavaScript, as on a message bubble
+    unread: int
+
+
+@dataclass(frozen=True)
+class ConversationList:
+    rows: list[ConversationRow]
+    total_unread: int  # over every conversation, listed or not
+    capped: bool  # there are more conversations than the list shows
+
+
+def conversation_list(*, owner: User, limit: int = CONVERSATIONS_MAX) -> ConversationList:
+    """owner's conversations, the most recent first, each with the other person, the last
+    message and the unread count; a fixed number of queries however many there are."""
+    latest = latest_messages(owner=owner, limit=limit + 1)
+    capped = len(latest) > limit
+    latest = latest[:limit]
+    unread = unread_counts(owner=owner)
+    who = people([m.peer_username for m in latest])
+    rows = []
+    for message in latest:
+        preview, is_file = message_preview(message)
+        rows.append(
+            ConversationRow(
+                username=message.peer_username,
+                person=who[message.peer_username],
+                preview=preview,
+                is_file=is_file,
+                is_own=message.direction == Message.Direction.OUT,
+                created_ms=message.created_ms,
+                stored_at=message.stored_at,
+                unread=unread.get(message.peer_username, 0),
+            )
+        )
+    return ConversationList(rows=rows, total_unread=sum(unread.values()), capped=capped)
 
 
 def delivery_health() -> dict[str, Any]:

@@ -7,6 +7,8 @@ from . import peer_api, views
 app_name = "messaging"
 urlpatterns = [
     path("api/v1/inbox", peer_api.inbox, name="inbox"),
+    path("chats/", views.home, name="home"),
+    path("chat/unread.json", views.unread, name="unread"),
     path("chat/<username:username>/", views.conversation, name="conversation"),
     path("chat/<username:username>/messages.json", views.messages_json, name="messages_json"),
     path("chat/<username:username>/read/", views.mark_read, name="mark_read"),

@@ -1,5 +1,5 @@
-"""Browser pages of messaging: the conversation page, its JSON poll, marking messages
-read, the Retry button."""
+"""Browser pages of messaging: the conversations home, unread counts, the conversation
+page, its JSON poll, marking messages read, the Retry button."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, QueryD
 from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render
-from django.template.loader import render_to_string
+from django.template.loader import get_template, render_to_string
+from django.utils.safestring import mark_safe
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -205,6 +206,45 @@ def mark_read(request: HttpRequest, username: str) -> JsonResponse:
     # shows arrivals in arrival order, the server reads by conversation order.
     still_unread = queries.unread_message_ids(owner=request.user, peer_username=peer.username)
     return JsonResponse({"read": count, "unread_ids": still_unread})
+
+
+@never_cache
+@require_GET
+def unread(request: HttpRequest) -> JsonResponse:
+    """The person's unread received messages: {"total": n, "by_peer": {username: n}}."""
+    if not (request.user.is_authenticated and request.user.is_verified()):
+        return _json_error("login_required", "Log in to continue.", 401)
+    counts = queries.unread_counts(owner=request.user)
+    return JsonResponse(
+        {"total": sum(counts.values()), "by_peer": counts},
+        json_dumps_params={"ensure_ascii": False},
+    )
+
+
+@never_cache
+@login_required
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    """The person's conversations, the most recent first. ?rows=1 answers the list's rows
+    as JSON ({"html", "total_unread"}), drawn by the same template, for the page's script
+    to redraw the list when an event arrives."""
+    limit = queries.CONVERSATIONS_MAX
+    conversations = queries.conversation_list(owner=request.user, limit=limit)
+    row_template = get_template("messaging/_conversation_row.html")
+    # The rows need nothing of the request (no form, no context processors): one template,
+    # the same string for the page and for its script.
+    rows_html = "".join(row_template.render({"row": row}) for row in conversations.rows)
+    if request.GET.get("rows") == "1":
+        return JsonResponse(
+            {"html": rows_html, "total_unread": conversations.total_unread},
+            json_dumps_params={"ensure_ascii": False},
+        )
+    context = {
+        "rows_html": mark_safe(rows_html),  # noqa: S308 - the template's escaped output
+        "conversations": conversations,
+        "conversations_max": limit,
+    }
+    return render(request, "messaging/home.html", context)
 
 
 @login_required

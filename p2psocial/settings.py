@@ -278,7 +278,7 @@ EVENT_STREAM_MAX_S = env_float("P2P_EVENT_STREAM_MAX_S", 600.0)
 # --- security -----------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
 LOGIN_URL = "accounts:login"
-LOGIN_REDIRECT_URL = "peers:users"
+LOGIN_REDIRECT_URL = "messaging:home"
 LOGOUT_REDIRECT_URL = "accounts:login"
 
 PASSWORD_HASHERS = [

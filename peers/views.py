@@ -9,10 +9,11 @@ from html import escape
 from urllib.parse import quote
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince
 from django.views.decorators.http import require_GET, require_POST
@@ -32,7 +33,7 @@ def _chat_prefix() -> str:
 
 @require_GET
 def index(request: HttpRequest) -> HttpResponse:
-    return redirect("peers:users")
+    return redirect("messaging:home")
 
 
 # One table row per person. The users page lists the whole network (a thousand people
@@ -99,6 +100,8 @@ def _user_rows(
 @login_required
 @require_GET
 def users(request: HttpRequest) -> HttpResponse:
+    """The network's people; ?rows=1 answers the same rows as JSON ({"html": ...}) for the
+    page's script, which redraws the table when presence changes (one renderer)."""
     freshness = queries.directory_freshness()
     rows = _user_rows(
         queries.listed_users(),
@@ -106,6 +109,10 @@ def users(request: HttpRequest) -> HttpResponse:
         viewer=request.user.get_username(),
         chat_prefix=_chat_prefix(),
     )
+    if request.GET.get("rows") == "1":
+        response = JsonResponse({"html": str(rows), "stale": freshness.stale})
+        add_never_cache_headers(response)
+        return response
     return render(
         request,
         "peers/users.html",

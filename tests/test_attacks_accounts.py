@@ -59,7 +59,7 @@ pytestmark = pytest.mark.django_db
 PRODUCTION_HASHERS = list(django_settings.PASSWORD_HASHERS)
 ATTACKER_IP = "203.0.113.9"
 VICTIM_IP = "198.51.100.7"
-HOME = "/users/"
+HOME = "/chats/"
 
 
 @pytest.fixture(autouse=True)

@@ -411,11 +411,11 @@ def test_an_unknown_profile_is_404(client):
     assert logged_in_client(client, viewer).get("/people/nobody/").status_code == 404
 
 
-def test_the_home_page_redirects_to_the_users_page(client):
+def test_the_home_page_redirects_to_the_conversations_home(client):
     viewer, _ = make_person("viewer")
     response = logged_in_client(client, viewer).get("/")
     assert response.status_code == 302
-    assert response["Location"] == "/users/"
+    assert response["Location"] == "/chats/"
 
 
 def test_health_reports_the_directory_age():

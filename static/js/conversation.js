@@ -1,5 +1,6 @@
-// Conversation page: poll messages.json every ~2 s, add new messages, redraw changed ones,
-// mark received messages read once they are actually shown, and send files.
+// Conversation page: read messages.json when the event stream (live.js) says this
+// conversation changed (or every ~2 s while there is no stream), add new messages, redraw
+// changed ones, mark received messages read once they are actually shown, and send files.
 // No inline script (CSP). Bubbles are drawn by the server only (templates/messaging/
 // _message.html, sent as HTML by messages.json, autoescaped there); this script inserts
 // that HTML and never builds HTML from data: every other text goes through textContent.
@@ -216,9 +217,41 @@
 
   localTimes(list);
   each(list.querySelectorAll('[data-unread="1"]'), watch);
+  // Pushed: an event for this conversation reads messages.json at once. The poll stays as
+  // the fallback, every POLL_MS while the stream is not open and every SAFETY_POLL_MS
+  // while it is (a reconnect catches up by itself: the poll asks for everything after
+  // lastId and for the statuses of the latest messages).
+  var SAFETY_POLL_MS = 30000;
+  var streamOpen = false;
+  var sincePoll = 0;
+  var peer = root.dataset.peer;
   if (live) {
     list.lastElementChild && list.lastElementChild.scrollIntoView({ block: "end" });
-    window.setInterval(poll, POLL_MS);
+    document.addEventListener("p2p:event", function (event) {
+      var detail = event.detail || {};
+      if (detail.kind.indexOf("conversation.") === 0 && detail.data && detail.data.peer === peer) {
+        sincePoll = 0;
+        poll();
+      }
+    });
+    document.addEventListener("p2p:stream", function (event) {
+      var state = event.detail && event.detail.state;
+      var wasOpen = streamOpen;
+      streamOpen = state === "open";
+      if ((state === "open" && !wasOpen) || state === "reset") poll(); // catch up
+    });
+    document.addEventListener("visibilitychange", function () {
+      if (!document.hidden) poll(); // what arrived while the tab was in the background
+    });
+    window.setInterval(function () {
+      sincePoll += POLL_MS;
+      if (!streamOpen || sincePoll >= SAFETY_POLL_MS) {
+        sincePoll = 0;
+        poll();
+      } else {
+        markShown();
+      }
+    }, POLL_MS);
   } else {
     window.setInterval(markShown, POLL_MS);
   }

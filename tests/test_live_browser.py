@@ -1,0 +1,114 @@
+"""Pushed live updates in real Chromium across two live offices (uvicorn, Celery workers and
+beat, Redis): pages change without a reload because the event stream says so.
+
+While the stream is open the conversation page asks the server only every 30 s for
+safety, so a message that shows within a few seconds came through the push."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.helpers.browser import launch_chromium
+from tests.helpers.chat import people_on, send, status_of, wait_until_listed
+from tests.network import Network, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+PASSWORD = "a long enough passphrase 42"
+PUSHED_S = 8  # well under the 30 s safety poll of an open stream
+TIMEOUT_MS = PUSHED_S * 1000
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    with Network(tmp_path_factory.mktemp("live"), nodes=("hq", "branch")) as network:
+        network.secrets = people_on(
+            network, {"alice": "hq", "bob": "hq", "carol": "branch"}, PASSWORD
+        )
+        wait_until_listed(network, [("alice", "carol"), ("carol", "alice")])
+        yield network
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with launch_chromium() as chromium:
+        yield chromium
+
+
+def open_as(browser, net: Network, user: str, path: str) -> Page:
+    """user's logged-in session (from the HTTP login) in a new tab at path, with the event
+    stream open."""
+    base = net.node(net.homes[user]).url
+    context = browser.new_context()
+    context.add_cookies(
+        [{"name": c.name, "value": c.value, "url": base} for c in net.sessions[user].cookies]
+    )
+    page = context.new_page()
+    page.on("dialog", lambda dialog: pytest.fail(f"a dialog opened: {dialog.message}"))
+    page.goto(base + path)
+    expect(page.locator("body")).to_have_attribute("data-stream", "open", timeout=10_000)
+    return page
+
+
+def test_a_message_shows_in_the_open_conversation_and_the_title_and_ticks_follow(browser, net):
+    carol = open_as(browser, net, "carol", "/chat/alice/")
+    users = open_as(browser, net, "carol", "/users/")
+    text = "pushed to carol's open page"
+
+    send(net, "alice", "carol", text)
+
+    expect(carol.locator(".bubble--in .bubble__text", has_text=text)).to_be_visible(
+        timeout=TIMEOUT_MS
+    )
+    # the tab that shows it marks it read; the users tab counted it before that, or not
+    wait_for(
+        lambda: status_of(net, "alice", "carol", text) == "read",
+        timeout=30,
+        message="alice sees read once carol's page showed it",
+    )
+    expect(users.locator("tr[data-username='alice'] .unread-badge")).to_have_count(0)
+    carol.context.close()
+
+    # with the conversation closed, the next one stays unread: the title and badge say so
+    send(net, "alice", "carol", "while the conversation is closed")
+    expect(users.locator("tr[data-username='alice'] .unread-badge")).to_have_text(
+        "1", timeout=TIMEOUT_MS
+    )
+    assert users.title().startswith("(1) ")
+    users.context.close()
+
+
+def test_a_person_logging_in_on_the_other_office_shows_online_without_reload(browser, net):
+    secret = net.create_person("branch", "dave", PASSWORD)
+    wait_until_listed(net, [("bob", "dave")])
+    bob = open_as(browser, net, "bob", "/users/")
+    row = bob.locator("tr[data-username='dave']")
+    expect(row).to_have_attribute("data-status", "offline", timeout=20_000)
+
+    dave = net.login("branch", "dave", PASSWORD, secret)
+
+    expect(row).to_have_attribute("data-status", "online", timeout=20_000)
+    dave.post(
+        net.node("branch").url + "/logout/",
+        data={"csrfmiddlewaretoken": dave.cookies.get("csrftoken")},
+        headers={"Referer": net.node("branch").url + "/users/"},
+        timeout=10,
+    )
+    expect(row).to_have_attribute("data-status", "offline", timeout=20_000)
+    bob.context.close()
+
+
+def test_a_message_sent_while_the_stream_was_cut_shows_after_it_reconnects(browser, net):
+    carol = open_as(browser, net, "carol", "/chat/alice/")
+    branch = net.node("branch")
+    branch.stop_web()  # carol's stream is cut; her page cannot ask the server either
+    text = "sent while carol's office was unreachable"
+    try:
+        send(net, "alice", "carol", text)
+        expect(carol.locator("body")).not_to_have_attribute("data-stream", "open")
+    finally:
+        branch.start_web()
+
+    expect(carol.locator(".bubble--in .bubble__text", has_text=text)).to_be_visible(timeout=30_000)
+    carol.context.close()
