@@ -6,6 +6,8 @@ safety, so a message that shows within a few seconds came through the push."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -112,3 +114,37 @@ def test_a_message_sent_while_the_stream_was_cut_shows_after_it_reconnects(brows
 
     expect(carol.locator(".bubble--in .bubble__text", has_text=text)).to_be_visible(timeout=30_000)
     carol.context.close()
+
+
+BACKGROUND_TAB_WITH_NOTIFICATIONS = """
+window.__notifications = [];
+window.Notification = function (title, options) {
+  window.__notifications.push({ title: title, body: (options || {}).body || "" });
+};
+window.Notification.permission = "granted";
+window.Notification.requestPermission = function () { return Promise.resolve("granted"); };
+Object.defineProperty(document, "visibilityState", { get: function () { return "hidden"; } });
+"""
+
+
+def test_a_background_tab_notifies_a_new_message_without_its_text(browser, net):
+    """The browser's Notification (outside the project) is recorded, not shown: the test
+    sees what the page asked it to show while the tab was in the background."""
+    base = net.node("branch").url
+    context = browser.new_context()
+    context.add_cookies(
+        [{"name": c.name, "value": c.value, "url": base} for c in net.sessions["carol"].cookies]
+    )
+    context.add_init_script(BACKGROUND_TAB_WITH_NOTIFICATIONS)
+    page = context.new_page()
+    page.goto(base + "/users/")
+    expect(page.locator("body")).to_have_attribute("data-stream", "open", timeout=10_000)
+    # the first unread count is in: only a rise from it notifies
+    expect(page.locator("body")).to_have_attribute("data-unread", re.compile(r"\d+"))
+
+    send(net, "alice", "carol", "the merger closes on Friday")
+
+    page.wait_for_function("() => window.__notifications.length > 0", timeout=TIMEOUT_MS)
+    notes = page.evaluate("window.__notifications")
+    assert notes == [{"title": "New message", "body": "From alice"}]
+    context.close()

@@ -40,6 +40,7 @@
         document.title = (data.total ? "(" + data.total + ") " : "") + baseTitle;
         if (lastUnread !== null && data.total > lastUnread) maybeNotify(data);
         lastUnread = data.total;
+        body.dataset.unread = String(data.total); // for CSS and tests
         emit("p2p:unread", data);
       })
       .catch(function () { /* offline for a moment: the next change counts again */ })
