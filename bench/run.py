@@ -31,7 +31,7 @@ from p2psocial.devnet import BASE_DIR, PYTHON, Network, wait_until
 
 PASSWORD = "bench-password-Xq9!"
 RESULTS = BASE_DIR / "bench" / "results"
-PARTS = ("messages", "pages", "loginserver", "recovery", "files")
+PARTS = ("messages", "pages", "loginserver", "recovery", "files", "live")
 # One uvicorn process per core, as docs/operations.md advises for the login server.
 LOGIN_SERVER_WEB_WORKERS = 2
 BENCH_SETTINGS = {
@@ -574,6 +574,48 @@ def main(argv: list[str] | None = None) -> int:
                 "http floor",
                 f_http,
                 target="<=2",
+            )
+
+        if "live" in parts:
+            print("\nlive events")
+            from bench.live import idle_streams, message_to_stream
+
+            path = MessagePath(net)
+            rcv_secret = net.create_person("branch", "rcvlive", PASSWORD)
+            receiver = net.login("branch", "rcvlive", PASSWORD, rcv_secret)
+            wait_until(
+                lambda: DirectoryUser.objects.filter(username="rcvlive").exists(),
+                timeout=60,
+                message="hq's directory lists rcvlive",
+            )
+            n_events = 100 if q else 500
+            latencies = message_to_stream(
+                net,
+                lambda text: path.send(senders[0], "rcvlive", text),
+                receiver,
+                n_events,
+            )
+            for p in (50, 99):
+                figures.add(
+                    f"send on hq -> event on the recipient's open stream on branch p{p}",
+                    pct(latencies, p),
+                    "ms",
+                    target="p50<=30 p99<=100",
+                    n=n_events,
+                )
+            streams = idle_streams(net, receiver, 200)
+            figures.add(
+                "200 open event streams, idle: branch's web process CPU",
+                streams["idle_core_percent"],
+                "% core",
+                target="<5",
+                sampled_s=10,
+            )
+            figures.add(
+                "a presence change reaches all 200 open streams (max)",
+                streams["fan_out_max_ms"],
+                "ms",
+                target="<=1000",
             )
 
         if "files" in parts:
