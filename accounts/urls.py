@@ -1,6 +1,7 @@
 from django.urls import path
 
 from p2psocial import converters  # noqa: F401  (registers <username:...>)
+from peers import views as peer_views
 
 from . import views
 
@@ -13,5 +14,7 @@ urlpatterns = [
     path("logout/", views.logout_view, name="logout"),
     path("profile/", views.profile_edit_view, name="profile_edit"),
     path("password/", views.password_change_view, name="password_change"),
-    path("people/<username:username>/picture", views.picture_view, name="picture"),
+    # One URL for every person's picture: this node's people from their profile, another
+    # office's from the verified cache (peers.views.picture hands local ones to picture_view).
+    path("people/<username:username>/picture", peer_views.picture, name="picture"),
 ]

@@ -16,9 +16,9 @@ from peers.auth import (
     log_refusal,
     read_body,
     record_nonce,
-    signed_path,
     storage_errors_refused,
     verify_signed,
+    verify_signed_get,
     write_transaction,
 )
 
@@ -64,23 +64,9 @@ def file_blob(request: HttpRequest, file_id: str) -> HttpResponse:
     """GET /api/v1/files/<id>, signed: the ciphertext of a file this node sent, for the
     node of its recipient only (anyone else: 404, as for a file that does not exist). A
     single Range resumes an interrupted pull."""
-    if request.method != "GET":
-        return error_response(protocol.ProtocolError("method_not_allowed", "use GET", 405))
-    path = signed_path(request)
-    try:
-        with storage_errors_refused():
-            node, auth = verify_signed(
-                method="GET",
-                path=path,
-                authorization=request.headers.get("Authorization"),
-                body=read_body(request),
-                resolve=directory.resolve_peer_node,
-            )
-            with write_transaction():
-                record_nonce(auth)
-    except protocol.ProtocolError as error:
-        log_refusal(error, path=path, remote=request.META.get("REMOTE_ADDR"))
-        return error_response(error)
+    node, refused = verify_signed_get(request, resolve=directory.resolve_peer_node)
+    if refused is not None:
+        return refused
     try:
         file_uuid = uuid.UUID(file_id)
     except ValueError:

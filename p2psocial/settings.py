@@ -245,6 +245,13 @@ FILE_DOWNLOAD_TYPES = frozenset(
 # pull resumes where it stopped.
 FILE_PULL_DEADLINE_S = env_float("P2P_FILE_PULL_DEADLINE_S", 900.0)
 PROFILE_PICTURE_MAX_PX = env_int("P2P_PROFILE_PICTURE_MAX_PX", 512)
+# Profiles of people on other offices, fetched from their node and cached here: a copy
+# older than PROFILE_CACHE_S is refreshed by a task when someone opens the profile (the
+# page shows the cached copy meanwhile); a failed refresh is tried again after
+# PROFILE_RETRY_S; a first view with nothing cached waits at most PROFILE_FIRST_FETCH_WAIT_S.
+PROFILE_CACHE_S = env_float("P2P_PROFILE_CACHE_S", 300.0)
+PROFILE_RETRY_S = env_float("P2P_PROFILE_RETRY_S", 30.0)
+PROFILE_FIRST_FETCH_WAIT_S = env_float("P2P_PROFILE_FIRST_FETCH_WAIT_S", 2.0)
 SESSION_IDLE_TIMEOUT_S = env_int("P2P_SESSION_IDLE_TIMEOUT_S", 3600)
 # A session with the password accepted but not yet the second factor ends this long after login.
 UNVERIFIED_SESSION_S = env_int("P2P_UNVERIFIED_SESSION_S", 300)

@@ -376,6 +376,32 @@ def signed_path(request: HttpRequest) -> str:
     return raw.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
 
 
+def verify_signed_get(
+    request: HttpRequest, *, resolve: NodeResolver
+) -> tuple[KnownNode | None, JsonResponse | None]:
+    """A GET signed by a node resolve() accepts, its nonce claimed: (the node, None), or
+    (None, the JSON refusal to answer). For peer routes that answer a stream or bytes,
+    which signed_endpoint (JSON answers) does not fit."""
+    if request.method != "GET":
+        return None, error_response(protocol.ProtocolError("method_not_allowed", "use GET", 405))
+    path = signed_path(request)
+    try:
+        with storage_errors_refused():
+            node, auth = verify_signed(
+                method="GET",
+                path=path,
+                authorization=request.headers.get("Authorization"),
+                body=read_body(request),
+                resolve=resolve,
+            )
+            with write_transaction():
+                record_nonce(auth)
+    except protocol.ProtocolError as error:
+        log_refusal(error, path=path, remote=request.META.get("REMOTE_ADDR"))
+        return None, error_response(error)
+    return node, None
+
+
 def log_refusal(error: protocol.ProtocolError, *, path: str, remote: str | None) -> None:
     logger.warning(
         "signed request refused",

@@ -126,3 +126,30 @@ class DirectorySync(models.Model):
 
     def __str__(self) -> str:
         return f"directory fetched {self.last_success_at or 'never'}"
+
+
+class RemoteProfile(models.Model):
+    """The profile of a person of another office, as their own node served and signed it:
+    cached, so that it shows (with its age) while that office cannot be reached."""
+
+    username = models.CharField(max_length=150, unique=True)
+    node = models.CharField(max_length=63, help_text="the node that served and signed it")
+    body = models.BinaryField(help_text="the exact profile bytes the node signed")
+    signature = models.BinaryField(max_length=64)
+    served_ms = models.BigIntegerField(help_text="the serving node's clock, Unix milliseconds")
+    fetched_at = models.DateTimeField(help_text="when this copy was fetched and verified")
+    refresh_failed_at = models.DateTimeField(
+        null=True, blank=True, help_text="the latest refresh, if it failed since fetched_at"
+    )
+    refresh_error = models.CharField(max_length=60, blank=True)
+    picture = models.BinaryField(
+        null=True,
+        blank=True,
+        help_text="the picture bytes (at most P2P_PROFILE_PICTURE_MAX_BYTES), checked against"
+        " the signed hash, size and type",
+    )
+    picture_mime = models.CharField(max_length=20, blank=True)
+    picture_sha256 = models.CharField(max_length=64, blank=True)
+
+    def __str__(self) -> str:
+        return f"profile of {self.username} from {self.node}"

@@ -640,3 +640,173 @@ def verify_rotation(new_key: bytes, proof: bytes, *, node: str) -> None:
         VerifyKey(new_key).verify(message, proof)
     except (BadSignatureError, ValueError, TypeError):
         raise _fail("bad_proof", "the rotation proof does not verify with sign_key") from None
+
+
+# --- profiles (served by a person's own node, signed by its key) -------------------------
+DOMAIN_PROFILE = b"p2psocial/v1/profile\x00"
+MAX_PROFILE_BYTES = 32 * 1024  # 4,000 characters of description at 4 bytes each, and more
+MAX_DESCRIPTION_CHARS = 4000
+MAX_PICTURE_BYTES = 10 * 1024 * 1024
+# What a node re-encodes pictures to, and what it accepts as an upload: nothing else is
+# ever served as a picture (no SVG, no HTML).
+PICTURE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+PROFILE_FIELDS = frozenset(
+    {
+        "v",
+        "username",
+        "node",
+        "full_name",
+        "position",
+        "description",
+        "location",
+        "updated_ms",
+        "picture",
+        "served_ms",
+    }
+)
+PICTURE_FIELDS = frozenset({"sha256", "size", "mime"})
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# A description may run over several lines (and keep tabs); every other control character
+# is refused, as in a label.
+TEXT_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True)
+class ProfilePicture:
+    sha256: str  # hex SHA-256 of the exact picture bytes
+    size: int
+    mime: str
+
+
+@dataclass(frozen=True)
+class Profile:
+    username: str
+    node: str
+    full_name: str
+    position: str
+    description: str
+    location: str
+    updated_ms: int
+    picture: ProfilePicture | None
+    served_ms: int
+    raw: bytes
+
+
+def make_profile(
+    *,
+    username: str,
+    node: str,
+    full_name: str,
+    position: str,
+    description: str,
+    location: str,
+    updated_ms: int,
+    picture: ProfilePicture | None,
+    served_ms: int,
+) -> bytes:
+    """A person's profile as their node serves it: canonical JSON, to be signed whole."""
+    return canonical_json(
+        {
+            "v": VERSION,
+            "username": username,
+            "node": node,
+            "full_name": full_name,
+            "position": position,
+            "description": description,
+            "location": location,
+            "updated_ms": updated_ms,
+            "picture": (
+                None
+                if picture is None
+                else {"sha256": picture.sha256, "size": picture.size, "mime": picture.mime}
+            ),
+            "served_ms": served_ms,
+        }
+    )
+
+
+def sign_profile(node_key: SigningKey, body: bytes) -> bytes:
+    return node_key.sign(DOMAIN_PROFILE + body).signature
+
+
+def verify_profile(node_key: bytes, body: bytes, signature: bytes) -> None:
+    """Check the serving node's signature over the exact profile bytes."""
+    try:
+        VerifyKey(node_key).verify(DOMAIN_PROFILE + body, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        raise _fail(
+            "bad_profile_signature", "the profile is not signed by the person's node"
+        ) from None
+
+
+def validate_text(value: object, *, field: str, max_chars: int = MAX_DESCRIPTION_CHARS) -> str:
+    """Several lines of text shown to people (a description): newlines and tabs, but no
+    other control characters."""
+    if not isinstance(value, str) or len(value) > max_chars:
+        raise _fail("invalid_field", f"{field} must be a string of at most {max_chars} characters")
+    if TEXT_CONTROL_CHARS.search(value):
+        raise _fail("invalid_field", f"{field} must not contain control characters")
+    return value
+
+
+def _milliseconds(obj: dict[str, Any], field: str) -> int:
+    value = require(obj, field, int)
+    if not 0 <= value < MAX_CREATED_MS:
+        raise _fail("invalid_field", f"{field} must be a positive 53-bit integer")
+    return value
+
+
+def _exact_fields(obj: dict[str, Any], fields: frozenset[str], *, what: str) -> None:
+    missing = sorted(fields - obj.keys())
+    if missing:
+        raise _fail("missing_field", f"{missing[0]} is required")
+    unexpected = sorted(obj.keys() - fields)
+    if unexpected:
+        raise _fail("invalid_field", f"{what} has an unexpected field {unexpected[0]!r}")
+
+
+def _parse_picture(value: object, *, max_picture_bytes: int) -> ProfilePicture | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _fail("invalid_field", "picture must be an object or null")
+    _exact_fields(value, PICTURE_FIELDS, what="picture")
+    sha256 = require(value, "sha256", str)
+    if not _SHA256_HEX.fullmatch(sha256):
+        raise _fail("invalid_field", "picture.sha256 must be 64 lower-case hex digits")
+    size = require(value, "size", int)
+    if size < 1:
+        raise _fail("invalid_field", "picture.size must be at least 1")
+    if size > max_picture_bytes:
+        raise _fail("picture_too_large", f"a picture may be at most {max_picture_bytes} bytes")
+    mime = require(value, "mime", str)
+    if mime not in PICTURE_TYPES:
+        raise _fail("invalid_field", f"picture.mime must be one of {sorted(PICTURE_TYPES)}")
+    return ProfilePicture(sha256=sha256, size=size, mime=mime)
+
+
+def parse_profile(
+    body: bytes,
+    *,
+    max_bytes: int = MAX_PROFILE_BYTES,
+    max_picture_bytes: int = MAX_PICTURE_BYTES,
+) -> Profile:
+    """Parse a profile strictly: exactly its fields, each of its type and within its limit."""
+    if len(body) > max_bytes:
+        raise _fail("profile_too_large", f"a profile may be at most {max_bytes} bytes", 413)
+    obj = parse_json_object(body, what="profile")
+    if obj.get("v") != VERSION or isinstance(obj.get("v"), bool):
+        raise _fail("unsupported_version", f"profile version must be {VERSION}")
+    _exact_fields(obj, PROFILE_FIELDS, what="profile")
+    return Profile(
+        username=validate_username(require(obj, "username", str)),
+        node=validate_node_name(require(obj, "node", str)),
+        full_name=validate_label(require(obj, "full_name", str), field="full_name"),
+        position=validate_label(require(obj, "position", str), field="position"),
+        description=validate_text(require(obj, "description", str), field="description"),
+        location=validate_label(require(obj, "location", str), field="location"),
+        updated_ms=_milliseconds(obj, "updated_ms"),
+        picture=_parse_picture(obj["picture"], max_picture_bytes=max_picture_bytes),
+        served_ms=_milliseconds(obj, "served_ms"),
+        raw=body,
+    )

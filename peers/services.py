@@ -1,32 +1,47 @@
-"""Every write of the node's peer layer: joining, its key, presence reports, the directory cache."""
+"""Every write of the node's peer layer: joining, its key, presence reports, the directory
+cache, and the cache of other offices' profiles."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import importlib
+import io
 import logging
 import re
+import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import timezone as dt_timezone
 from typing import Any
 
+import redis
 import requests
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
 from nacl.signing import SigningKey
+from PIL import Image, UnidentifiedImageError
 
 from accounts.crypto import encrypt_at_rest
-from accounts.models import User
-from accounts.queries import local_people, local_usernames
-from p2psocial import events
+from accounts.models import Profile, User
+from accounts.pictures import MAX_SOURCE_PIXELS
+from accounts.queries import local_people, local_usernames, picture_content_type
+from p2psocial import events, redis_client
 
-from . import protocol
-from .client import session_for, signed_get, signed_post
+from . import directory, protocol
+from .client import AnswerTooLarge, local_identity, session_for, signed_get, signed_post
 from .identity import is_joined, local_node, pending_signing_key
-from .models import DirectorySync, DirectoryUser, KeyChangeAck, NodeIdentity, PeerNode
+from .models import (
+    DirectorySync,
+    DirectoryUser,
+    KeyChangeAck,
+    NodeIdentity,
+    PeerNode,
+    RemoteProfile,
+)
 from .presence import local_presence
 
 logger = logging.getLogger(__name__)
@@ -731,3 +746,348 @@ def acknowledge_key_change(*, viewer: User, user: DirectoryUser) -> None:
         viewer=viewer, user=user, defaults={"acknowledged_at": timezone.now()}
     )
     logger.info("key change acknowledged", extra={"viewer": viewer.pk, "username": user.username})
+
+
+# --- profiles: this node's people, served to other offices --------------------------------
+def _profile_text(text: str) -> str:
+    """A description as the protocol carries it: lines kept, other control characters not."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return protocol.TEXT_CONTROL_CHARS.sub(" ", text)[: protocol.MAX_DESCRIPTION_CHARS]
+
+
+def local_picture(*, username: str) -> tuple[bytes, str] | None:
+    """The picture bytes and type of an active person of this node, as the profile API
+    serves them; None without one (or when its file is gone or over the size limit)."""
+    profile = Profile.objects.filter(user__in=local_people([username])).first()
+    if profile is None or not profile.picture:
+        return None
+    try:
+        with open(profile.picture.path, "rb") as handle:
+            data = handle.read(settings.PROFILE_PICTURE_MAX_BYTES + 1)
+    except OSError:
+        logger.error("profile picture missing", extra={"username": username})
+        return None
+    if not data or len(data) > settings.PROFILE_PICTURE_MAX_BYTES:
+        return None
+    return data, picture_content_type(profile.picture.name)
+
+
+def profile_answer(*, username: str) -> tuple[bytes, bytes] | None:
+    """The profile of an active person of this node as the profile API serves it: the
+    canonical bytes and this node's signature over them; None for anyone else."""
+    user = local_people([username]).select_related("profile").first()
+    if user is None:
+        return None
+    profile = getattr(user, "profile", None) or Profile(user=user)
+    identity = local_identity()
+    picture = local_picture(username=username)
+    body = protocol.make_profile(
+        username=user.username,
+        node=identity.name,
+        full_name=_label(profile.full_name),
+        position=_label(profile.position),
+        description=_profile_text(profile.description),
+        location=_label(profile.location),
+        updated_ms=int(profile.updated_at.timestamp() * 1000) if profile.updated_at else 0,
+        picture=(
+            None
+            if picture is None
+            else protocol.ProfilePicture(
+                sha256=protocol.sha256_hex(picture[0]), size=len(picture[0]), mime=picture[1]
+            )
+        ),
+        served_ms=int(time.time() * 1000),
+    )
+    return body, protocol.sign_profile(identity.signing_key, body)
+
+
+# --- profiles: other offices' people, fetched, verified and cached -------------------------
+class ProfileFetchFailed(Exception):
+    """A profile could not be fetched, or what came was refused; the cache stays as it was."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+PROFILE_PATH = "/api/v1/profiles/{username}"
+_PICTURE_FORMATS = {
+    "image/jpeg": "JPEG",
+    "image/png": "PNG",
+    "image/gif": "GIF",
+    "image/webp": "WEBP",
+}
+_ERROR_CODE = re.compile(r"[a-z_]{1,60}")
+# Refusals of what the other office sent (as opposed to its own error answers).
+_REFUSED_BY_THIS_NODE = frozenset(
+    {
+        "answer_too_large",
+        "bad_profile_signature",
+        "invalid_field",
+        "malformed_json",
+        "missing_field",
+        "picture_invalid",
+        "picture_mismatch",
+        "picture_too_large",
+        "profile_too_large",
+        "stale_profile",
+        "unsupported_version",
+        "wrong_profile",
+    }
+)
+
+
+@dataclass(frozen=True)
+class _VerifiedProfile:
+    body: bytes
+    signature: bytes
+    profile: protocol.Profile
+    picture: bytes | None
+
+
+def _peer_refusal(response: requests.Response) -> ProfileFetchFailed:
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        code = None
+    if not isinstance(code, str) or not _ERROR_CODE.fullmatch(code):
+        code = "http_error"
+    return ProfileFetchFailed(code, f"the node answered {response.status_code}")
+
+
+def _get_within(node: PeerNode, path: str, *, deadline: float, max_bytes: int) -> requests.Response:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise ProfileFetchFailed("unreachable", "no answer within the deadline")
+    try:
+        response = signed_get(node.url, path, deadline_s=remaining, max_answer_bytes=max_bytes)
+    except requests.RequestException as error:
+        code = "answer_too_large" if isinstance(error, AnswerTooLarge) else "unreachable"
+        raise ProfileFetchFailed(code, f"{node.name}: {type(error).__name__}") from None
+    if response.status_code != 200:
+        raise _peer_refusal(response)
+    return response
+
+
+def check_picture(data: bytes, picture: protocol.ProfilePicture) -> None:
+    """The picture bytes are exactly the signed ones and decode, within the pixel bound, as
+    the signed type; raises ProfileFetchFailed otherwise."""
+    if len(data) != picture.size or protocol.sha256_hex(data) != picture.sha256:
+        raise ProfileFetchFailed("picture_mismatch", "the picture is not the one signed")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[_PICTURE_FORMATS[picture.mime]])
+            if image.width * image.height > MAX_SOURCE_PIXELS:
+                raise ProfileFetchFailed("picture_too_large", "the picture has too many pixels")
+            image.load()
+    except (
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+    ):
+        raise ProfileFetchFailed(
+            "picture_invalid", f"the picture is not a {picture.mime}"
+        ) from None
+
+
+def _fetch_verified(
+    person: DirectoryUser, cached: RemoteProfile | None, *, deadline: float
+) -> _VerifiedProfile:
+    node = person.node
+    path = PROFILE_PATH.format(username=protocol.validate_username(person.username))
+    response = _get_within(node, path, deadline=deadline, max_bytes=protocol.MAX_PROFILE_BYTES)
+    body = response.content
+    try:
+        signature = protocol.b64d(
+            response.headers.get("X-P2P-Signature", ""), field="X-P2P-Signature", length=64
+        )
+    except protocol.ProtocolError:
+        raise ProfileFetchFailed("bad_profile_signature", "the profile is not signed") from None
+    try:
+        protocol.verify_profile(bytes(node.sign_key), body, signature)
+        profile = protocol.parse_profile(body, max_picture_bytes=settings.PROFILE_PICTURE_MAX_BYTES)
+    except protocol.ProtocolError as error:
+        raise ProfileFetchFailed(error.code, error.message) from None
+    if profile.username != person.username or profile.node != node.name:
+        raise ProfileFetchFailed("wrong_profile", "the profile is not this person's on this node")
+    if abs(time.time() * 1000 - profile.served_ms) > settings.REQUEST_MAX_SKEW_S * 1000:
+        raise ProfileFetchFailed("stale_profile", "the profile was not served just now")
+    same_node = cached is not None and cached.node == node.name
+    if same_node and profile.served_ms < cached.served_ms:
+        raise ProfileFetchFailed("stale_profile", "the profile is older than the cached one")
+    picture = None
+    if profile.picture is not None:
+        if same_node and cached.picture and cached.picture_sha256 == profile.picture.sha256:
+            picture = bytes(cached.picture)
+        else:
+            answer = _get_within(
+                node, path + "/picture", deadline=deadline, max_bytes=profile.picture.size
+            )
+            picture = answer.content
+        check_picture(picture, profile.picture)
+    return _VerifiedProfile(body=body, signature=signature, profile=profile, picture=picture)
+
+
+def _store_profile(verified: _VerifiedProfile) -> RemoteProfile:
+    profile = verified.profile
+    with transaction.atomic():
+        row = RemoteProfile.objects.select_for_update().filter(username=profile.username).first()
+        if row is not None and row.node == profile.node and row.served_ms > profile.served_ms:
+            return row  # another refresh stored a newer copy meanwhile
+        row = row or RemoteProfile(username=profile.username)
+        row.node = profile.node
+        row.body = verified.body
+        row.signature = verified.signature
+        row.served_ms = profile.served_ms
+        row.fetched_at = timezone.now()
+        row.refresh_failed_at = None
+        row.refresh_error = ""
+        row.picture = verified.picture
+        row.picture_mime = profile.picture.mime if profile.picture else ""
+        row.picture_sha256 = profile.picture.sha256 if profile.picture else ""
+        row.save()
+    return row
+
+
+def fetch_profile(*, username: str, deadline_s: float | None = None) -> RemoteProfile | None:
+    """Fetch a person's profile from their node (the directory's), verify it with that
+    node's key and cache it; returns the cached row, or None when it failed (logged, and
+    kept on the row) or the person is not of another office. The whole fetch, picture
+    included, ends within deadline_s (P2P_PEER_REQUEST_DEADLINE_S by default)."""
+    try:
+        person = directory.lookup(username)
+    except directory.UnknownUser:
+        return None
+    if person.node.name == local_node().name:
+        return None
+    deadline = time.monotonic() + (
+        settings.PEER_REQUEST_DEADLINE_S if deadline_s is None else deadline_s
+    )
+    cached = RemoteProfile.objects.filter(username=username).first()
+    try:
+        return _store_profile(_fetch_verified(person, cached, deadline=deadline))
+    except ProfileFetchFailed as error:
+        logger.warning(
+            "profile refresh failed",
+            extra={"username": username, "node": person.node.name, "code": error.code},
+        )
+        RemoteProfile.objects.filter(username=username).update(
+            refresh_failed_at=timezone.now(), refresh_error=error.code
+        )
+        return None
+
+
+def request_profile_refresh(*, username: str) -> None:
+    """Refresh a cached profile in the background (a Celery task), at most once per
+    P2P_PROFILE_RETRY_S per person. Never raises, and asks Redis first: a page never waits
+    on a broker that is down."""
+    from .tasks import refresh_profile as task
+
+    flag = f"p2p:peers:profile-refresh:{settings.CELERY_TASK_DEFAULT_QUEUE}:{username}"
+    try:
+        if not redis_client.get().set(
+            flag, b"1", nx=True, px=max(1, int(settings.PROFILE_RETRY_S * 1000))
+        ):
+            return
+        task.apply_async(args=[username], retry=False)
+    except (redis.RedisError, BrokerError, OSError):
+        logger.warning(
+            "profile refresh not queued: broker unavailable", extra={"username": username}
+        )
+
+
+@dataclass(frozen=True)
+class CachedProfile:
+    """A person of another office's profile as this node holds it, for their page."""
+
+    profile: protocol.Profile
+    fetched_at: datetime
+    has_picture: bool
+    office_offline: bool
+    refresh_error: str  # the code of a refresh that failed since fetched_at, or ""
+    stale: bool  # older than P2P_PROFILE_CACHE_S
+
+    @property
+    def updated_at(self) -> datetime | None:
+        if not self.profile.updated_ms:
+            return None
+        return datetime.fromtimestamp(self.profile.updated_ms / 1000, tz=dt_timezone.utc)
+
+    @property
+    def cached(self) -> bool:
+        """Shown from the cache rather than as just fetched: the page says how old it is."""
+        return self.stale or self.office_offline or bool(self.refresh_error)
+
+    @property
+    def why_cached(self) -> str:
+        """offline, unreachable, refused (what came failed a check), unavailable (the office
+        answered with an error) or refreshing (old, a refresh is on its way)."""
+        if self.office_offline:
+            return "offline"
+        if self.refresh_error == "unreachable":
+            return "unreachable"
+        if self.refresh_error in _REFUSED_BY_THIS_NODE:
+            return "refused"
+        return "unavailable" if self.refresh_error else "refreshing"
+
+
+def _cached_row(person: DirectoryUser) -> RemoteProfile | None:
+    """The cached profile of a person, if it came from the node the directory places them on."""
+    return RemoteProfile.objects.filter(username=person.username, node=person.node.name).first()
+
+
+def profile_for_viewing(*, person: DirectoryUser) -> CachedProfile | None:
+    """The cached profile of a person of another office. A copy older than
+    P2P_PROFILE_CACHE_S is shown and refreshed by a task; with nothing cached, the page
+    waits at most P2P_PROFILE_FIRST_FETCH_WAIT_S for the person's node. None: no profile."""
+    row = _cached_row(person)
+    if row is None and person.node.online:
+        row = fetch_profile(
+            username=person.username, deadline_s=settings.PROFILE_FIRST_FETCH_WAIT_S
+        )
+    now = timezone.now()
+    if row is None:
+        request_profile_refresh(username=person.username)
+        return None
+    stale = (now - row.fetched_at).total_seconds() > settings.PROFILE_CACHE_S
+    failed_recently = (
+        row.refresh_failed_at is not None
+        and (now - row.refresh_failed_at).total_seconds() < settings.PROFILE_RETRY_S
+    )
+    if stale and not failed_recently:
+        request_profile_refresh(username=person.username)
+    try:
+        profile = protocol.parse_profile(
+            bytes(row.body), max_picture_bytes=settings.PROFILE_PICTURE_MAX_BYTES
+        )
+    except protocol.ProtocolError:
+        return None
+    return CachedProfile(
+        profile=profile,
+        fetched_at=row.fetched_at,
+        has_picture=bool(row.picture),
+        office_offline=not person.node.online,
+        refresh_error=row.refresh_error if row.refresh_failed_at else "",
+        stale=stale,
+    )
+
+
+def cached_picture(*, username: str) -> tuple[bytes, str] | None:
+    """The cached picture (bytes, type) of a person of another office, or None: for a
+    person of this node, or one whose cached profile is not from their current node."""
+    if local_usernames([username]):
+        return None
+    try:
+        person = directory.lookup(username)
+    except directory.UnknownUser:
+        return None
+    row = _cached_row(person)
+    if row is None or not row.picture or row.picture_mime not in protocol.PICTURE_TYPES:
+        return None
+    return bytes(row.picture), row.picture_mime

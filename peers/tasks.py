@@ -48,3 +48,15 @@ def fetch_directory() -> None:
             services.fetch_directory()
         except (services.LoginServerError, services.protocol.ProtocolError) as error:
             logger.warning("directory fetch failed: %s", error.code, extra={"code": error.code})
+
+
+@shared_task(name="peers.tasks.refresh_profile", acks_late=False, ignore_result=True)
+def refresh_profile(username: str) -> None:
+    """Fetch a person's profile from their office into the cache (a failure is logged and
+    keeps the cached copy); skipped while another refresh of the same person runs."""
+    if not is_joined():
+        return
+    ttl_s = settings.PEER_REQUEST_DEADLINE_S + 5
+    with redis_client.single_flight(f"refresh-profile:{username}", ttl_s=ttl_s) as mine:
+        if mine:
+            services.fetch_profile(username=username)

@@ -1,4 +1,5 @@
-"""Browser pages: the network's users and a person's profile (from the directory cache)."""
+"""Browser pages: the network's users and a person's profile (from the directory cache and,
+for another office's people, the cache of their signed profiles)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.models import User
 from accounts.queries import local_people
+from accounts.views import picture_view
+from p2psocial.serving import user_file_response
 
 from . import directory, protocol, queries, services
 from .identity import is_joined, local_node
@@ -165,15 +168,55 @@ def _person_here(user: User, office: str) -> _PersonHere:
     )
 
 
+@dataclass(frozen=True)
+class _ShownProfile:
+    """What a profile shows beyond the directory: from this node's own records for its
+    people, from the verified cache of their node's signed profile for another office's."""
+
+    full_name: str
+    position: str
+    description: str
+    location: str
+    updated_at: datetime | None
+    has_picture: bool
+
+
+def _shown_profile(local: User | None, remote: services.CachedProfile | None) -> _ShownProfile:
+    if remote is not None:
+        signed = remote.profile
+        return _ShownProfile(
+            full_name=signed.full_name,
+            position=signed.position,
+            description=signed.description,
+            location=signed.location,
+            updated_at=remote.updated_at,
+            has_picture=remote.has_picture,
+        )
+    own = getattr(local, "profile", None)
+    if own is None:
+        return _ShownProfile("", "", "", "", None, False)
+    return _ShownProfile(
+        full_name=own.full_name,
+        position=own.position,
+        description=own.description,
+        location=own.location,
+        updated_at=own.updated_at,
+        has_picture=bool(own.picture),
+    )
+
+
 @login_required
 @require_GET
 def profile(request: HttpRequest, username: str) -> HttpResponse:
+    """A person's profile. For a person of another office, the profile their node signed,
+    from this node's cache: refreshed in the background when old, shown with its age."""
     person = _person_or_404(username)
     here = local_node().name if is_joined() else None
     local = None
     if here is not None:
         local = local_people([username]).select_related("profile", "keys").first()
     key_change_pending = directory.key_change_pending(request.user, username)
+    remote = None
     if local is not None and person.node.name != here:
         # The directory lists this node's person at another office (a raced or forged
         # record). As for messages, which go to this node's person and which no other node
@@ -181,18 +224,36 @@ def profile(request: HttpRequest, username: str) -> HttpResponse:
         person, key_change_pending = _person_here(local, here), False
     elif person.node.name != here:
         local = None
+        if here is not None:
+            remote = services.profile_for_viewing(person=person)
     return render(
         request,
         "peers/profile.html",
         {
             "person": person,
-            "local_profile": getattr(local, "profile", None),
+            "shown": _shown_profile(local, remote),
+            "remote": remote,
+            "profile_unavailable": remote is None and here is not None and person.node.name != here,
             "fingerprint": protocol.fingerprint(bytes(person.sign_key), bytes(person.box_key)),
             "key_change_pending": key_change_pending,
             "freshness": queries.directory_freshness(),
             "chat_url": reverse("messaging:conversation", args=[username]),
             "is_self": username == request.user.get_username(),
         },
+    )
+
+
+@require_http_methods(["GET", "HEAD"])
+def picture(request: HttpRequest, username: str) -> HttpResponse:
+    """A person's picture at one URL for everyone: another office's from the verified
+    cache, this node's people's (and any other name) as accounts serves them."""
+    cached = services.cached_picture(username=username)
+    if cached is None:
+        return picture_view(request, username)
+    data, mime = cached
+    # The same safe serving as attachments and local pictures.
+    return user_file_response(
+        request, size=len(data), content_type=mime, read=lambda start, end: [data[start:end]]
     )
 
 

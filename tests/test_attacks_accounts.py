@@ -306,6 +306,8 @@ def test_only_the_signed_peer_api_is_exempt_from_csrf():
         "messaging:inbox": "/api/v1/inbox",
         "messaging:peer_file": f"/api/v1/files/{SAMPLE_ARGS['file_id']}",
         "messaging:upload": "/chat/bob/files/",
+        "peers:peer_profile": "/api/v1/profiles/bob",
+        "peers:peer_profile_picture": "/api/v1/profiles/bob/picture",
     }
 
 

@@ -610,3 +610,151 @@ def test_a_directory_signature_is_not_a_directory_unchanged_signature():
 )
 def test_only_public_addresses_are_allowed_for_node_urls(address, public):
     assert protocol.is_public_address(address) is public
+
+
+# --- profiles ---------------------------------------------------------------------------
+EXPECTED_PROFILE = (
+    '{"description":"Numbers 📈\\nand people","full_name":"Carol Ng","location":"Zürich",'
+    '"node":"branch","picture":{"mime":"image/png","sha256":"' + "ab" * 32 + '","size":4096},'
+    '"position":"CFO","served_ms":1767225660000,"updated_ms":1767225600000,'
+    '"username":"carol","v":1}'
+).encode()
+EXPECTED_PROFILE_SIG = (
+    "HiBGzCcfW32ASVu0R0iSHZGGlC6uCf//1gp7SXsKK0Es3uLgfW8eNIJbBggrhXe3Hk1z+9pER0cpfJwDLJMZDQ=="
+)
+
+
+def profile_fields(**overrides) -> dict:
+    fields = dict(
+        username="carol",
+        node="branch",
+        full_name="Carol Ng",
+        position="CFO",
+        description="Numbers 📈\nand people",
+        location="Zürich",
+        updated_ms=1_767_225_600_000,
+        picture=protocol.ProfilePicture(sha256="ab" * 32, size=4096, mime="image/png"),
+        served_ms=1_767_225_660_000,
+    )
+    fields.update(overrides)
+    return fields
+
+
+def profile_with(**changes) -> bytes:
+    """The known profile with fields changed (None: removed), as canonical JSON."""
+    obj = json.loads(EXPECTED_PROFILE)
+    for name, value in changes.items():
+        if value is None:
+            del obj[name]
+        else:
+            obj[name] = value
+    return protocol.canonical_json(obj)
+
+
+def test_it_makes_a_profile_of_exact_canonical_bytes():
+    assert protocol.make_profile(**profile_fields()) == EXPECTED_PROFILE
+
+
+def test_it_signs_the_known_profile_with_the_known_signature():
+    signature = protocol.sign_profile(NODE_KEY, EXPECTED_PROFILE)
+    assert protocol.b64e(signature) == EXPECTED_PROFILE_SIG
+    assert signature == NODE_KEY.sign(b"p2psocial/v1/profile\x00" + EXPECTED_PROFILE).signature
+
+
+def test_it_verifies_and_parses_the_known_profile():
+    signature = base64.b64decode(EXPECTED_PROFILE_SIG)
+    protocol.verify_profile(bytes(NODE_KEY.verify_key), EXPECTED_PROFILE, signature)
+    parsed = protocol.parse_profile(EXPECTED_PROFILE)
+    assert parsed.description == "Numbers 📈\nand people"
+    assert parsed.picture == protocol.ProfilePicture(sha256="ab" * 32, size=4096, mime="image/png")
+    assert (parsed.username, parsed.node, parsed.served_ms) == ("carol", "branch", 1767225660000)
+    assert parsed.raw == EXPECTED_PROFILE
+
+
+def test_a_profile_without_a_picture_carries_null():
+    body = protocol.make_profile(**profile_fields(picture=None))
+    assert b'"picture":null' in body
+    assert protocol.parse_profile(body).picture is None
+
+
+@pytest.mark.parametrize(
+    ("key", "body"),
+    [
+        (OTHER_KEY, EXPECTED_PROFILE),  # another node's key
+        (NODE_KEY, EXPECTED_PROFILE.replace(b"CFO", b"CEO")),  # one field changed
+        (NODE_KEY, EXPECTED_PROFILE + b" "),  # the same JSON, other bytes
+    ],
+)
+def test_a_profile_signature_verifies_only_the_signed_bytes_with_the_nodes_key(key, body):
+    signature = base64.b64decode(EXPECTED_PROFILE_SIG)
+    with pytest.raises(ProtocolError) as caught:
+        protocol.verify_profile(bytes(key.verify_key), body, signature)
+    assert caught.value.code == "bad_profile_signature"
+
+
+def test_a_profile_signature_is_not_a_directory_or_envelope_signature():
+    plain = NODE_KEY.sign(EXPECTED_PROFILE).signature
+    envelope = NODE_KEY.sign(protocol.DOMAIN_ENVELOPE + EXPECTED_PROFILE).signature
+    for signature in (plain, envelope):
+        with pytest.raises(ProtocolError):
+            protocol.verify_profile(bytes(NODE_KEY.verify_key), EXPECTED_PROFILE, signature)
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"v": 2}, "unsupported_version"),
+        ({"v": True}, "unsupported_version"),
+        ({"username": None}, "missing_field"),
+        ({"served_ms": None}, "missing_field"),
+        ({"extra": "x"}, "invalid_field"),
+        ({"username": "anne@hq"}, "invalid_field"),
+        ({"node": "Branch"}, "invalid_field"),
+        ({"full_name": "x" * 151}, "invalid_field"),
+        ({"full_name": "Carol\nNg"}, "invalid_field"),
+        ({"position": 7}, "invalid_field"),
+        ({"location": "Zürich\x00"}, "invalid_field"),
+        ({"description": "x" * 4001}, "invalid_field"),
+        ({"description": "bell\x07"}, "invalid_field"),
+        ({"updated_ms": -1}, "invalid_field"),
+        ({"updated_ms": 2**53}, "invalid_field"),
+        ({"served_ms": "1767225660000"}, "invalid_field"),
+        ({"served_ms": True}, "invalid_field"),
+        ({"picture": "yes"}, "invalid_field"),
+        ({"picture": {"sha256": "ab" * 32, "size": 1}}, "missing_field"),
+        ({"picture": {"sha256": "AB" * 32, "size": 1, "mime": "image/png"}}, "invalid_field"),
+        ({"picture": {"sha256": "ab" * 32, "size": 0, "mime": "image/png"}}, "invalid_field"),
+        ({"picture": {"sha256": "ab" * 32, "size": 1, "mime": "image/svg+xml"}}, "invalid_field"),
+        ({"picture": {"sha256": "ab" * 32, "size": 1, "mime": "text/html"}}, "invalid_field"),
+        (
+            {"picture": {"sha256": "ab" * 32, "size": 1, "mime": "image/png", "url": "x"}},
+            "invalid_field",
+        ),
+        (
+            {"picture": {"sha256": "ab" * 32, "size": 10 * 1024 * 1024 + 1, "mime": "image/png"}},
+            "picture_too_large",
+        ),
+    ],
+)
+def test_a_malformed_profile_is_refused_with_a_code(changes, code):
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_profile(profile_with(**changes))
+    assert caught.value.code == code
+
+
+def test_a_description_keeps_its_lines_and_tabs():
+    body = profile_with(description="one\n\ttwo\nthree")
+    assert protocol.parse_profile(body).description == "one\n\ttwo\nthree"
+
+
+def test_a_picture_over_the_callers_limit_is_refused():
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_profile(EXPECTED_PROFILE, max_picture_bytes=4095)
+    assert caught.value.code == "picture_too_large"
+
+
+def test_an_oversized_profile_is_refused_before_it_is_parsed():
+    body = profile_with(description="x" * 4000) + b" " * protocol.MAX_PROFILE_BYTES
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_profile(body)
+    assert (caught.value.code, caught.value.status) == ("profile_too_large", 413)
