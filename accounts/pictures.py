@@ -17,6 +17,10 @@ ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "GIF", "WEBP"})
 # and only their reduced size counts; Pillow's own bound (Image.MAX_IMAGE_PIXELS, about
 # 89 MP in the file's header) still applies before that.
 MAX_SOURCE_PIXELS = 25_000_000
+# What Pillow raises for a file that is not a decodable image of its kind (damaged, cut
+# short, lying about itself), and for one over its own pixel bound.
+UNDECODABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
+TOO_MANY_PIXELS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 @dataclass(frozen=True)
@@ -64,15 +68,9 @@ def normalise_picture(stream: IO[bytes], *, max_bytes: int, max_px: int) -> Pict
             image = ImageOps.exif_transpose(image)
     except PictureRejected:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except TOO_MANY_PIXELS as exc:
         raise _too_many_pixels() from exc
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        EOFError,
-    ) as exc:
+    except UNDECODABLE as exc:
         raise PictureRejected() from exc
 
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import IO
 
 import filetype
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
+
+from accounts.pictures import MAX_SOURCE_PIXELS, TOO_MANY_PIXELS, UNDECODABLE
 
 # filetype reads at most this many leading bytes (filetype.utils._NUM_SIGNATURE_BYTES)
 HEAD_BYTES = 8192
@@ -115,9 +117,6 @@ def clean_filename(name: str, file_type: FileType) -> str:
     return f"{stem or 'file'}.{extension}"
 
 
-# The most pixels decoded for a preview, as for profile pictures (accounts/pictures.py): one
-# upload cannot take hundreds of MB. JPEGs are decoded reduced first, and only that counts.
-MAX_SOURCE_PIXELS = 25_000_000
 _PILLOW_FORMATS = {
     "image/png": "PNG",
     "image/jpeg": "JPEG",
@@ -145,15 +144,7 @@ def make_preview(
         return None
     try:
         image = _decode_small(path_or_file, pillow_format, max_px)
-    except (
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        EOFError,
-    ):
+    except (*TOO_MANY_PIXELS, *UNDECODABLE):
         return None
     if image is None:
         return None

@@ -23,11 +23,11 @@ from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 from nacl.signing import SigningKey
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from accounts.crypto import encrypt_at_rest
 from accounts.models import Profile, User
-from accounts.pictures import MAX_SOURCE_PIXELS
+from accounts.pictures import MAX_SOURCE_PIXELS, TOO_MANY_PIXELS, UNDECODABLE
 from accounts.queries import local_people, local_usernames, picture_content_type
 from p2psocial import events, redis_client
 
@@ -882,15 +882,7 @@ def check_picture(data: bytes, picture: protocol.ProfilePicture) -> None:
             if image.width * image.height > MAX_SOURCE_PIXELS:
                 raise ProfileFetchFailed("picture_too_large", "the picture has too many pixels")
             image.load()
-    except (
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        EOFError,
-    ):
+    except (*TOO_MANY_PIXELS, *UNDECODABLE):
         raise ProfileFetchFailed(
             "picture_invalid", f"the picture is not a {picture.mime}"
         ) from None
