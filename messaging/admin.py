@@ -123,20 +123,20 @@ class ReceivedEnvelopeAdmin(ReadOnlyAdmin):
 
 @admin.register(Attachment, site=admin_site)
 class AttachmentAdmin(ReadOnlyAdmin):
-    """A file's metadata; never its key, preview or content."""
+    """A file's delivery metadata: type, size, state. Never its key, preview or content,
+    nor its name or plaintext hash: a name says what a document is, and a hash confirms
+    that a known document was sent (office IT sees no message text either)."""
 
-    list_display = ("name", "mime", "size", "state", "node", "message", "error", "stored_at")
+    list_display = ("file_id", "mime", "size", "state", "node", "message", "error", "stored_at")
     list_filter = ("state", "kind", "node")
-    search_fields = ("file_id", "name", "node")
+    search_fields = ("file_id", "node")
     fields = (
         "file_id",
         "message",
         "node",
-        "name",
         "mime",
         "kind",
         "size",
-        "sha256",
         "state",
         "error",
         "attempts",

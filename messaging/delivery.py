@@ -378,6 +378,27 @@ def peer_came_online(node_name: str) -> None:
     files.pull_again(node=node_name)
 
 
+# A message whose envelope arrived waits for the recipient's node to say it holds the
+# file ("fetched"); that node gives up pulling after DELIVERY_MAX_AGE_S from arrival and
+# says so, unless it cannot reach this node: then the message fails here a day later.
+FETCH_GRACE_S = 24 * 3600
+
+
+def _fail_unfetched(now) -> None:
+    cutoff = now - timedelta(seconds=settings.DELIVERY_MAX_AGE_S + FETCH_GRACE_S)
+    stuck = Message.objects.filter(status=Message.Status.SENT, stored_at__lt=cutoff)
+    ids = list(stuck.values_list("id", flat=True)[:1000])
+    if not ids:
+        return
+    owners = live.owners(ids)
+    with transaction.atomic():
+        Message.objects.filter(id__in=ids, status=Message.Status.SENT).update(
+            status=Message.Status.FAILED, error="file_not_fetched"
+        )
+        live.announce(ids, "status", known=owners)
+    logger.warning("files never fetched", extra={"count": len(ids)})
+
+
 def sweep_outbox() -> list[str]:
     """Fail envelopes older than DELIVERY_MAX_AGE_S and re-enqueue every destination with
     due rows (tasks lost to a Redis flush or a killed worker). Returns those nodes."""
@@ -400,6 +421,7 @@ def sweep_outbox() -> list[str]:
             Outbox.objects.filter(id__in=[o for o, m in expired if not m]).delete()
             live.announce([m for _, m in expired if m], "status", known=owners)
         logger.warning("undelivered envelopes expired", extra={"count": len(expired)})
+    _fail_unfetched(now)
     due = set(
         Outbox.objects.filter(failed_at__isnull=True, next_attempt_at__lte=now)
         .values_list("destination", flat=True)

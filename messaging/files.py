@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,6 +56,9 @@ logger = logging.getLogger(__name__)
 PULL_TASK = "messaging.tasks.pull_files"
 FILE_PATH = "/api/v1/files/"
 PULL_BATCH = 20  # files pulled per task run before it hands over to a fresh run
+# A run starts no new file after this long: the worker's threads are shared with
+# deliveries and presence, so a node with many or slow files hands over to a fresh run.
+PULL_RUN_BUDGET_S = 60.0
 READ_BYTES = 256 * 1024
 
 
@@ -308,10 +312,13 @@ def pull_pending(*, node: str) -> PullResult:
         if lock is False:
             result.busy = True
             return result
+        started = time.monotonic()
         for attachment in _pending(node).select_related("message").order_by("id")[:PULL_BATCH]:
             if lock is not None and not lock.held:
                 result.busy = True
                 return result
+            if time.monotonic() - started > PULL_RUN_BUDGET_S:
+                break
             _pull_and_record(attachment, result)
         result.more = _pending(node).exists()
     return result
@@ -440,6 +447,7 @@ def _settle(attachment: Attachment, *, outcome: str) -> None:
         author = resolve_recipient(message.sender_username)
     except (errors.UnknownRecipient, errors.RecipientRecordExpired):
         author = None  # nobody to tell: the sender's message fails by age there
+        # (delivery.sweep_outbox fails a message still "sent" past the maximum age)
     if author is not None and owner is not None:
         local_name = local_node_name()
         envelope_id = protocol.new_envelope_id()
@@ -455,14 +463,19 @@ def _settle(attachment: Attachment, *, outcome: str) -> None:
         row = outbox_row(sealed, envelope_id=envelope_id, kind="fetched", destination=author.node)
     now = timezone.now()
     with write_transaction():
+        # Only a pending file is settled, once: a pull and the sweeper's expiry racing for
+        # it must not both tell the sender (one "stored", the other "expired").
+        waiting = Attachment.objects.filter(id=attachment.id, state=Attachment.State.PENDING)
         if outcome == "stored":
-            Attachment.objects.filter(id=attachment.id).update(
+            settled = waiting.update(
                 state=Attachment.State.STORED, stored_at=now, error="", next_attempt_at=None
             )
         else:
-            Attachment.objects.filter(id=attachment.id).update(
+            settled = waiting.update(
                 state=Attachment.State.FAILED, error=outcome[:64], next_attempt_at=None
             )
+        if not settled:
+            return
         if row is not None:
             row.save()
         live.announce(
@@ -476,11 +489,16 @@ def sweep_pulls() -> list[str]:
     """Fail pulls older than DELIVERY_MAX_AGE_S and re-enqueue every node with due pulls
     (tasks lost to a Redis flush or a killed worker). Returns those nodes."""
     cutoff = timezone.now() - timedelta(seconds=settings.DELIVERY_MAX_AGE_S)
-    for attachment in Attachment.objects.filter(
+    expired = Attachment.objects.filter(
         state=Attachment.State.PENDING, message__stored_at__lt=cutoff
-    ).select_related("message")[:100]:
-        partial_path(str(attachment.file_id)).unlink(missing_ok=True)
-        _settle(attachment, outcome="file_expired")
+    ).select_related("message")
+    for node in sorted(set(expired.values_list("node", flat=True))):
+        with node_lock(node, "pull") as lock:
+            if lock is False:
+                continue  # a pull of that node runs: the next sweep expires its files
+            for attachment in expired.filter(node=node)[:100]:
+                _settle(attachment, outcome="file_expired")
+                partial_path(str(attachment.file_id)).unlink(missing_ok=True)
     nodes = sorted(set(_due_nodes()))
     for node in nodes:
         enqueue(node, task=PULL_TASK, purpose="pull", force=True)

@@ -175,5 +175,5 @@ class Attachment(models.Model):
             ),
         ]
 
-    def __str__(self) -> str:
-        return f"{self.name} ({self.mime}, {self.size} bytes)"
+    def __str__(self) -> str:  # no name: it says what the document is (admin, logs)
+        return f"{self.file_id} ({self.mime}, {self.size} bytes)"

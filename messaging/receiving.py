@@ -324,8 +324,8 @@ def _store_files(batch: CheckedBatch) -> None:
 
 
 def _waiting_for_file(*, reader: str, author: str, envelope_id: str) -> list[int]:
-    """author's message envelope_id to reader, if it waits for reader's node to hold its
-    file: only reader's node may say it does."""
+    """author's message envelope_id to reader, if it has a file whose fate reader's node
+    has not told yet: only reader's node may tell it."""
     return list(
         Message.objects.filter(
             direction=Message.Direction.OUT,
@@ -333,7 +333,8 @@ def _waiting_for_file(*, reader: str, author: str, envelope_id: str) -> list[int
             sender_username=author,
             recipient_username=reader,
             envelope_id=envelope_id,
-            status__in=[Message.Status.QUEUED, Message.Status.SENT],
+            # read too: its caption may be read before the file is held, or refused
+            status__in=[Message.Status.QUEUED, Message.Status.SENT, Message.Status.READ],
             attachment__isnull=False,
         ).values_list("id", flat=True)
     )

@@ -3,6 +3,7 @@ key change."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 
@@ -40,15 +41,22 @@ def send_message(
 ) -> Message:
     """Store the message (with the uploaded file, if any) and its sealed envelope in the
     outbox; delivery starts on commit. An upload that cannot be sent is removed."""
+    stored = []  # _send appends the message once its write committed
     try:
-        return _send(sender, recipient_username, text, upload)
+        return _send(sender, recipient_username, text, upload, stored)
     except BaseException:
-        if upload is not None:
+        if upload is not None and not stored:
             upload.discard()  # no orphan file: the message was not stored
         raise
 
 
-def _send(sender: User, recipient_username: str, text: str, upload: files.Upload | None) -> Message:
+def _send(
+    sender: User,
+    recipient_username: str,
+    text: str,
+    upload: files.Upload | None,
+    stored: list[Message],
+) -> Message:
     text = validate_caption(text) if upload is not None else validate_text(text)
     if recipient_username == sender.username:
         raise errors.CannotMessageSelf("You cannot send a message to yourself.")
@@ -97,6 +105,7 @@ def _send(sender: User, recipient_username: str, text: str, upload: files.Upload
         ).save()
         if upload is not None:
             files.attachment_for(message, upload.fields(), node=recipient.node, held=True).save()
+    stored.append(message)
     # After the block: it runs at once unless a caller's transaction is still open, and
     # not while this process's other sending threads queue behind the SQLite writer.
     schedule_delivery(recipient.node)
@@ -108,12 +117,15 @@ def _send(sender: User, recipient_username: str, text: str, upload: files.Upload
     return message
 
 
-def message_payload(message: Message) -> dict:
+def message_payload(message: Message, *, with_preview: bool = True) -> dict:
     """The payload of an outgoing message as it is sealed (again)."""
     payload: dict = {"text": message.text}
     attachment = Attachment.objects.filter(message=message).first()
     if attachment is not None:
-        payload["file"] = files.file_fields(attachment).as_payload()
+        fields = files.file_fields(attachment)
+        if not with_preview:
+            fields = dataclasses.replace(fields, preview=None)
+        payload["file"] = fields.as_payload()
     return payload
 
 
@@ -168,15 +180,18 @@ def reseal(rows, *, now, keep_earlier: bool = False) -> list[Outbox]:
             recipient = resolve_recipient(message.recipient_username, local_name=local_name)
         except (errors.UnknownRecipient, errors.RecipientRecordExpired):
             continue  # gone, or not vouched for now: left as it is, it fails by age
-        sealed = seal(
-            sender=message.owner,
-            sender_node=local_name,
-            recipient=recipient,
-            kind="message",
-            payload=message_payload(message),
-            envelope_id=str(row.envelope_id),
-            created_ms=message.created_ms,
-        )
+        for with_preview in (True, False):  # as when it was sent: the preview if it fits
+            sealed = seal(
+                sender=message.owner,
+                sender_node=local_name,
+                recipient=recipient,
+                kind="message",
+                payload=message_payload(message, with_preview=with_preview),
+                envelope_id=str(row.envelope_id),
+                created_ms=message.created_ms,
+            )
+            if len(sealed.raw) <= protocol.MAX_ENVELOPE_BYTES:
+                break
         if keep_earlier:
             row.earlier_sealings = [*row.earlier_sealings, protocol.b64e(bytes(row.raw))]
         row.raw, row.signature, row.destination = sealed.raw, sealed.signature, recipient.node

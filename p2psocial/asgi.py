@@ -30,6 +30,11 @@ class BodyLimit:
     def __init__(self, app):
         self.app = app
 
+    @staticmethod
+    def is_upload(path: str) -> bool:
+        """A conversation's file upload (/chat/<name>/files/)."""
+        return path.startswith("/chat/") and path.endswith("/files/")
+
     @classmethod
     def limit_for(cls, path: str) -> int:
         if path == "/api/v1/enrol":
@@ -38,7 +43,7 @@ class BodyLimit:
             return settings.PEER_MAX_BODY_BYTES
         if path.startswith(cls.PICTURE_PREFIXES):
             return settings.DATA_UPLOAD_MAX_MEMORY_SIZE + settings.PROFILE_PICTURE_MAX_BYTES
-        if path.startswith("/chat/") and path.endswith("/files/"):
+        if cls.is_upload(path):
             return settings.DATA_UPLOAD_MAX_MEMORY_SIZE + settings.FILE_MAX_BYTES
         return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
 
@@ -47,9 +52,15 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope["path"])
-        declared = dict(scope["headers"]).get(b"content-length", b"")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
             await _too_large(send, limit)
+            return
+        if self.is_upload(scope["path"]) and not _has_session_cookie(headers.get(b"cookie", b"")):
+            # Django spools a whole body before any view can refuse it: a large upload
+            # from someone with no session at all is refused before it is read.
+            await _refuse(send, 401, "login_required", "log in to upload")
             return
         received, over, started = 0, False, False
 
@@ -73,14 +84,24 @@ class BodyLimit:
             await _too_large(send, limit)
 
 
+def _has_session_cookie(header: bytes) -> bool:
+    name = settings.SESSION_COOKIE_NAME.encode()
+    return any(
+        part.strip().split(b"=", 1)[0] == name and part.strip()[len(name) + 1 :]
+        for part in header.split(b";")
+    )
+
+
 async def _too_large(send, limit: int) -> None:
-    body = json.dumps(
-        {"error": {"code": "body_too_large", "message": f"body exceeds {limit} bytes"}}
-    ).encode()
+    await _refuse(send, 413, "body_too_large", f"body exceeds {limit} bytes")
+
+
+async def _refuse(send, status: int, code: str, message: str) -> None:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

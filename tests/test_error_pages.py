@@ -66,3 +66,31 @@ def test_each_path_takes_a_body_only_as_large_as_it_needs(path, limit_setting):
 
     assert BodyLimit.limit_for(path) == getattr(settings, limit_setting)
     assert BodyLimit.limit_for("/profile/") > settings.PROFILE_PICTURE_MAX_BYTES
+
+
+@pytest.mark.parametrize("cookie", [None, b"csrftoken=abc", b"sessionid="])
+def test_an_upload_without_a_session_is_refused_before_its_body_is_read(cookie):
+    """Django reads a whole body before any view runs: 100 MB from nobody never is."""
+    import asyncio
+
+    from p2psocial.asgi import application
+
+    read, sent = [], []
+
+    async def receive():
+        read.append(True)
+        return {"type": "http.request", "body": b"x" * 10, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    headers = [(b"host", b"127.0.0.1"), (b"content-length", b"10")]
+    if cookie is not None:
+        headers.append((b"cookie", cookie))
+    scope = {"type": "http", "method": "POST", "path": "/chat/bob/files/", "headers": headers}
+
+    asyncio.run(application(scope, receive, send))
+
+    assert sent[0]["status"] == 401
+    assert b"login_required" in sent[1]["body"]
+    assert read == []

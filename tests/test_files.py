@@ -463,7 +463,7 @@ def test_a_file_to_a_person_of_this_node_is_delivered_once_their_copy_is_verifie
     assert b"".join(bob.get(file["url"]).streaming_content) == data
 
 
-def test_the_admin_shows_attachment_metadata_but_never_the_key(alice, files_dir):
+def test_the_admin_shows_attachment_metadata_but_never_the_key_name_or_hash(alice, files_dir):
     sent_file(alice, samples.png(size=(300, 200)), name="plan.png")
     attachment = Attachment.objects.get()
     key = decrypt_at_rest(bytes(attachment.key))
@@ -473,6 +473,8 @@ def test_the_admin_shows_attachment_metadata_but_never_the_key(alice, files_dir)
         bytes(attachment.key).hex(),
         base64.b64encode(bytes(attachment.key)).decode(),
         base64.b64encode(bytes(attachment.preview)).decode()[:40],
+        "plan.png",  # a name says what a document is
+        attachment.sha256,  # and a hash confirms a known one was sent
     ]
     _, secret = make_person("root", staff=True)
     admin = admin_logged_in(Client(), "root", secret)
@@ -482,7 +484,7 @@ def test_the_admin_shows_attachment_metadata_but_never_the_key(alice, files_dir)
 
     assert listing.status_code == page.status_code == 200
     for html in (listing.content.decode(), page.content.decode()):
-        assert "plan.png" in html and "image/png" in html and "branch" in html
+        assert str(attachment.file_id) in html and "image/png" in html and "branch" in html
         assert not [s for s in secrets if s in html]
         assert "memory at" not in html
     assert admin.get("/admin/messaging/attachment/add/").status_code == 403

@@ -12,8 +12,8 @@ from playwright.sync_api import expect
 
 from tests.helpers import samples
 from tests.helpers.browser import launch_chromium
-from tests.helpers.chat import chat_page, people_on, poll, url, wait_until_listed
-from tests.network import Network, csrf_token, wait_for
+from tests.helpers.chat import file_state, people_on, poll, send_file, url, wait_until_listed
+from tests.network import Network, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -41,20 +41,6 @@ def net(tmp_path_factory):
         yield network
 
 
-def upload(net: Network, user: str, peer: str, name: str, data: bytes, caption: str = "") -> dict:
-    """user sends a file to peer as the conversation page's script does."""
-    page = chat_page(net, user, peer)
-    response = net.sessions[user].post(
-        url(net, user, f"/chat/{peer}/files/"),
-        files={"file": (name, data, "application/octet-stream")},
-        data={"text": caption},
-        headers={"X-CSRFToken": csrf_token(page.text), "Accept": "application/json"},
-        timeout=30,
-    )
-    assert response.status_code == 201, response.text[:500]
-    return response.json()["message"]
-
-
 def message_with_file(net: Network, user: str, peer: str, file_id: str) -> dict | None:
     for message in poll(net, user, peer)["messages"]:
         if message["file"] and message["file"]["id"] == file_id:
@@ -70,21 +56,16 @@ def status(net: Network, user: str, peer: str, message_id: int) -> str:
     raise AssertionError(f"no message {message_id}")
 
 
-def received_state(net: Network, user: str, peer: str, file_id: str) -> str | None:
-    message = message_with_file(net, user, peer, file_id)
-    return message["file"]["state"] if message else None
-
-
 @pytest.mark.parametrize("name", sorted(KINDS))
 def test_each_allowed_kind_arrives_byte_identical_and_is_served_safely(net, name):
     make, mime, kind = KINDS[name]
     data = make()
-    sent = upload(net, "alice", "bob", name, data, caption=f"here is {name}")
+    sent = send_file(net, "alice", "bob", name, data, caption=f"here is {name}")
     file_id = sent["file"]["id"]
     assert (sent["file"]["mime"], sent["file"]["kind"]) == (mime, kind)
 
     wait_for(
-        lambda: received_state(net, "bob", "alice", file_id) == "stored",
+        lambda: file_state(net, "bob", "alice", file_id) == "stored",
         timeout=60,
         message=f"branch holds {name}",
     )
@@ -107,9 +88,9 @@ def test_each_allowed_kind_arrives_byte_identical_and_is_served_safely(net, name
 
 def test_a_range_of_a_received_video_is_served_for_seeking(net):
     data = samples.mp4()
-    sent = upload(net, "alice", "bob", "seek.mp4", data)
+    sent = send_file(net, "alice", "bob", "seek.mp4", data)
     file_id = sent["file"]["id"]
-    wait_for(lambda: received_state(net, "bob", "alice", file_id) == "stored", timeout=60)
+    wait_for(lambda: file_state(net, "bob", "alice", file_id) == "stored", timeout=60)
     file_url = url(net, "bob", message_with_file(net, "bob", "alice", file_id)["file"]["url"])
 
     response = net.sessions["bob"].get(file_url, headers={"Range": "bytes=100-199"}, timeout=30)
@@ -122,9 +103,9 @@ def test_a_range_of_a_received_video_is_served_for_seeking(net):
 def test_the_file_is_not_served_to_another_person_or_to_nobody(net):
     secret = net.create_person("branch", "dave", PASSWORD)
     dave = net.login("branch", "dave", PASSWORD, secret)
-    sent = upload(net, "alice", "bob", "private.png", samples.png())
+    sent = send_file(net, "alice", "bob", "private.png", samples.png())
     file_id = sent["file"]["id"]
-    wait_for(lambda: received_state(net, "bob", "alice", file_id) == "stored", timeout=60)
+    wait_for(lambda: file_state(net, "bob", "alice", file_id) == "stored", timeout=60)
     file_url = url(net, "bob", f"/files/{file_id}/")
 
     assert dave.get(file_url, timeout=10, allow_redirects=False).status_code == 404
@@ -136,7 +117,7 @@ def test_a_tampered_ciphertext_is_refused_and_both_sides_show_failed(net):
     branch, hq = net.node("branch"), net.node("hq")
     branch.stop_worker()  # nothing pulls until the file has been tampered with
     try:
-        sent = upload(net, "alice", "bob", "tampered.png", samples.png(size=(64, 64)))
+        sent = send_file(net, "alice", "bob", "tampered.png", samples.png(size=(64, 64)))
         file_id = sent["file"]["id"]
         blob = hq.data_dir / "files" / "blobs" / file_id[:2] / f"{file_id}.out"
         wait_for(blob.exists, timeout=10, message="hq holds the upload")
@@ -144,7 +125,7 @@ def test_a_tampered_ciphertext_is_refused_and_both_sides_show_failed(net):
         raw[40] ^= 0x01  # inside the first chunk's ciphertext
         blob.write_bytes(bytes(raw))
         wait_for(
-            lambda: received_state(net, "bob", "alice", file_id) == "pending",
+            lambda: file_state(net, "bob", "alice", file_id) == "pending",
             timeout=60,
             message="bob's node has the message, waiting for its file",
         )
@@ -152,7 +133,7 @@ def test_a_tampered_ciphertext_is_refused_and_both_sides_show_failed(net):
         branch.start_worker()
 
     wait_for(
-        lambda: received_state(net, "bob", "alice", file_id) == "failed",
+        lambda: file_state(net, "bob", "alice", file_id) == "failed",
         timeout=60,
         message="bob's node refuses the file",
     )
@@ -174,7 +155,7 @@ def test_the_recipients_browser_shows_each_kind_with_its_own_element(net):
     """In Chromium, bob's conversation on branch shows what alice sent from hq: a picture,
     players that load the audio and video from branch, the PDF's link, the caption."""
     sent = {
-        kind: upload(net, "alice", "bob", name, KINDS[sample][0](), caption=f"shown {kind}")
+        kind: send_file(net, "alice", "bob", name, KINDS[sample][0](), caption=f"shown {kind}")
         for kind, name, sample in (
             ("image", "shown.png", "photo.png"),
             ("audio", "shown.wav", "note.wav"),
@@ -185,7 +166,7 @@ def test_the_recipients_browser_shows_each_kind_with_its_own_element(net):
     for kind, message in sent.items():
         wait_for(
             lambda file_id=message["file"]["id"]: (
-                received_state(net, "bob", "alice", file_id) == "stored"
+                file_state(net, "bob", "alice", file_id) == "stored"
             ),
             timeout=60,
             message=f"branch holds the {kind}",

@@ -664,3 +664,63 @@ def test_a_fetched_receipt_from_someone_else_changes_nothing():
     post_signed(Client(), branch, protocol.encode_batch([forged]), path=INBOX)
 
     assert Message.objects.get(id=message.id).status == "sent"
+
+
+def _file_message_sent_to_rita():
+    join_local_node("hq")
+    alice = make_local_person("alice")
+    rita = make_remote_person(make_remote_node("branch"), "rita")
+    message = sending.send_message(
+        sender=alice, recipient_username="rita", text="look", upload=uploaded(samples.png())
+    )
+    Message.objects.filter(id=message.id).update(status="sent")  # its envelope arrived
+    return alice, rita, message
+
+
+def test_a_file_refused_after_its_caption_was_read_shows_failed():
+    alice, rita, message = _file_message_sent_to_rita()
+    ids = [str(message.envelope_id)]
+    read = seal_from(rita, alice, {"ids": ids}, kind="read")
+    post_signed(Client(), rita.node, protocol.encode_batch([read]), path=INBOX)
+    assert Message.objects.get(id=message.id).status == "read"
+    refused = seal_from(rita, alice, {"id": ids[0], "outcome": "file_hash"}, kind="fetched")
+
+    post_signed(Client(), rita.node, protocol.encode_batch([refused]), path=INBOX)
+
+    assert Message.objects.values_list("status", "error").get(id=message.id) == (
+        "failed",
+        "file_hash",
+    )
+
+
+def test_a_file_never_reported_fetched_fails_after_the_maximum_age(settings):
+    from messaging import delivery
+
+    settings.DELIVERY_MAX_AGE_S = 60
+    _, _, message = _file_message_sent_to_rita()
+    waited = settings.DELIVERY_MAX_AGE_S + delivery.FETCH_GRACE_S
+    delivery.sweep_outbox()
+    assert Message.objects.get(id=message.id).status == "sent"  # not yet
+    Message.objects.filter(id=message.id).update(
+        stored_at=timezone.now() - timedelta(seconds=waited + 1)
+    )
+
+    delivery.sweep_outbox()
+
+    assert Message.objects.values_list("status", "error").get(id=message.id) == (
+        "failed",
+        "file_not_fetched",
+    )
+
+
+def test_a_pull_expired_by_the_sweeper_is_not_settled_again_by_a_late_pull(net, files_dir):
+    bob, rita = net
+    announce(rita, bob, file_fields(SAMPLE_INFO))
+    attachment = Attachment.objects.select_related("message").get()
+    files._settle(attachment, outcome="file_expired")
+    receipts = Outbox.objects.filter(kind="fetched").count()
+
+    files._settle(attachment, outcome="stored")  # a pull that finished meanwhile
+
+    assert Attachment.objects.get().state == "failed"
+    assert Outbox.objects.filter(kind="fetched").count() == receipts == 1

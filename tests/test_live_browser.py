@@ -11,8 +11,9 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.helpers import samples
 from tests.helpers.browser import launch_chromium
-from tests.helpers.chat import people_on, send, status_of, wait_until_listed
+from tests.helpers.chat import people_on, send, send_file, status_of, wait_until_listed
 from tests.network import Network, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -148,3 +149,47 @@ def test_a_background_tab_notifies_a_new_message_without_its_text(browser, net):
     notes = page.evaluate("window.__notifications")
     assert notes == [{"title": "New message", "body": "From alice"}]
     context.close()
+
+
+def test_the_conversations_home_counts_a_new_message_without_reload(browser, net):
+    home = open_as(browser, net, "carol", "/chats/")
+    row = home.locator("li[data-peer='alice']")
+
+    send(net, "alice", "carol", "for the home page")
+
+    expect(row.locator(".chat-row__last")).to_contain_text("for the home page", timeout=TIMEOUT_MS)
+    expect(row).not_to_have_attribute("data-unread", "0")
+    assert home.title().startswith("(")
+    home.context.close()
+
+
+PAYLOADS = (
+    '<img src=x onerror="alert(1)">',
+    "<script>alert(2)</script>",
+    '"><svg onload=alert(3)>',
+)
+
+
+def test_hostile_text_in_messages_profiles_and_file_names_is_shown_as_text(browser, net):
+    """Every page that shows what someone else wrote: a dialog fails the test (open_as),
+    and the payloads must appear as the characters they are."""
+    payload = " ".join(PAYLOADS)
+    secret = net.create_person(
+        "hq", "mallory", PASSWORD, full_name=payload, location=payload, description=payload
+    )
+    net.sessions["mallory"] = net.login("hq", "mallory", PASSWORD, secret)
+    net.homes["mallory"] = "hq"
+    wait_until_listed(net, [("carol", "mallory")])
+    send(net, "mallory", "carol", payload)
+    send_file(net, "mallory", "carol", f"{PAYLOADS[0]}.png", samples.png())
+
+    conversation = open_as(browser, net, "carol", "/chat/mallory/")
+    expect(conversation.locator(".bubble__text", has_text=PAYLOADS[1])).to_be_visible()
+    expect(conversation.locator(".attachment", has_text=PAYLOADS[0])).to_be_visible(timeout=30_000)
+    home = open_as(browser, net, "carol", "/chats/")
+    expect(home.locator("li[data-peer='mallory']")).to_contain_text(PAYLOADS[2])
+    profile = open_as(browser, net, "carol", "/people/mallory/")
+    expect(profile.locator("body")).to_contain_text(PAYLOADS[1])
+    for page in (conversation, home, profile):
+        assert page.evaluate("document.querySelectorAll('svg[onload], img[onerror]').length") == 0
+        page.context.close()

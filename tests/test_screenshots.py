@@ -15,8 +15,8 @@ from playwright.sync_api import Page, expect
 
 from tests.helpers import samples
 from tests.helpers.browser import launch_chromium
-from tests.helpers.chat import chat_page, poll, send, status_of, url, wait_until_listed
-from tests.network import Network, csrf_token, wait_for
+from tests.helpers.chat import file_state, send, send_file, status_of, wait_until_listed
+from tests.network import Network, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -68,27 +68,6 @@ def artifacts_dir() -> Path:
     return Path(os.environ.get("P2P_TEST_ARTIFACTS") or ROOT / "test-artifacts")
 
 
-def upload(net: Network, user: str, peer: str, name: str, data: bytes, caption: str) -> dict:
-    """user sends a file to peer as the conversation page's script does."""
-    page = chat_page(net, user, peer)
-    response = net.sessions[user].post(
-        url(net, user, f"/chat/{peer}/files/"),
-        files={"file": (name, data, "application/octet-stream")},
-        data={"text": caption},
-        headers={"X-CSRFToken": csrf_token(page.text), "Accept": "application/json"},
-        timeout=30,
-    )
-    assert response.status_code == 201, response.text[:500]
-    return response.json()["message"]
-
-
-def file_state(net: Network, user: str, peer: str, file_id: str) -> str | None:
-    for message in poll(net, user, peer)["messages"]:
-        if message["file"] and message["file"]["id"] == file_id:
-            return message["file"]["state"]
-    return None
-
-
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     root = tmp_path_factory.mktemp("screenshots")
@@ -109,7 +88,7 @@ def net(tmp_path_factory):
         }
         wait_until_listed(network, [("alice", "carol"), ("carol", "alice"), ("alice", "dave")])
         send(network, "carol", "alice", "Morning! Here are the photos from the site visit.")
-        photo = upload(
+        photo = send_file(
             network,
             "carol",
             "alice",

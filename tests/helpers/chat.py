@@ -124,3 +124,36 @@ def read_up_to_newest(
         timeout=http_timeout_s,
     )
     assert response.status_code == 200, response.text[:500]
+
+
+def send_file(
+    net: Network,
+    user: str,
+    peer: str,
+    name: str,
+    data: bytes,
+    caption: str = "",
+    *,
+    http_timeout_s: float = 30.0,
+) -> dict:
+    """user sends a file to peer as the conversation page's script does; the message."""
+    page = chat_page(net, user, peer, http_timeout_s=http_timeout_s)
+    response = net.sessions[user].post(
+        url(net, user, f"/chat/{peer}/files/"),
+        files={"file": (name, data, "application/octet-stream")},
+        data={"text": caption},
+        headers={"X-CSRFToken": csrf_token(page.text), "Accept": "application/json"},
+        timeout=http_timeout_s,
+    )
+    assert response.status_code == 201, response.text[:500]
+    return response.json()["message"]
+
+
+def file_state(
+    net: Network, user: str, peer: str, file_id: str, *, http_timeout_s: float = HTTP_TIMEOUT_S
+) -> str | None:
+    """The state (pending, stored, failed) of file_id in user's conversation with peer."""
+    for message in poll(net, user, peer, http_timeout_s=http_timeout_s)["messages"]:
+        if message["file"] and message["file"]["id"] == file_id:
+            return message["file"]["state"]
+    return None
