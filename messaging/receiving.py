@@ -323,20 +323,29 @@ def _store_files(batch: CheckedBatch) -> None:
     files.schedule_pull(batch.from_node)
 
 
+def _sent_by(author: str, *, to: str):
+    """author's own messages to the person `to`: the only ones a receipt from `to` (read,
+    fetched) may change."""
+    return Message.objects.filter(
+        direction=Message.Direction.OUT,
+        owner__username=author,
+        sender_username=author,
+        recipient_username=to,
+    )
+
+
 def _waiting_for_file(*, reader: str, author: str, envelope_id: str) -> list[int]:
     """author's message envelope_id to reader, if it has a file whose fate reader's node
     has not told yet: only reader's node may tell it."""
     return list(
-        Message.objects.filter(
-            direction=Message.Direction.OUT,
-            owner__username=author,
-            sender_username=author,
-            recipient_username=reader,
+        _sent_by(author, to=reader)
+        .filter(
             envelope_id=envelope_id,
             # read too: its caption may be read before the file is held, or refused
             status__in=[Message.Status.QUEUED, Message.Status.SENT, Message.Status.READ],
             attachment__isnull=False,
-        ).values_list("id", flat=True)
+        )
+        .values_list("id", flat=True)
     )
 
 
@@ -359,13 +368,8 @@ def _unread_by(*, reader: str, author: str, ids: list[str]) -> list[int]:
     """author's messages to reader among ids that reader has not read yet: only those a
     receipt from reader may mark read."""
     return list(
-        Message.objects.filter(
-            direction=Message.Direction.OUT,
-            owner__username=author,
-            sender_username=author,
-            recipient_username=reader,
-            envelope_id__in=ids,
-        )
+        _sent_by(author, to=reader)
+        .filter(envelope_id__in=ids)
         .exclude(status=Message.Status.READ)
         .values_list("id", flat=True)
     )

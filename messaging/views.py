@@ -171,6 +171,17 @@ def _json_error(code: str, message: str, status: int) -> JsonResponse:
     return JsonResponse({"error": {"code": code, "message": message}}, status=status)
 
 
+def _json_peer(request: HttpRequest, username: str) -> tuple[Peer | None, JsonResponse | None]:
+    """For the pages' JSON endpoints: (the conversation's other person, None), or (None,
+    the refusal) for a session without the second factor or an unknown person."""
+    if not (request.user.is_authenticated and request.user.is_verified()):
+        return None, _json_error("login_required", "Log in to continue.", 401)
+    try:
+        return _peer_or_404(request.user, username), None
+    except Http404:
+        return None, _json_error("unknown_user", "There is nobody with this name.", 404)
+
+
 @never_cache
 def mark_read(request: HttpRequest, username: str) -> JsonResponse:
     """POST up_to=<message id>: the page's script reports the newest received message it
@@ -180,12 +191,9 @@ def mark_read(request: HttpRequest, username: str) -> JsonResponse:
         response = _json_error("method_not_allowed", "use POST", 405)
         response["Allow"] = "POST"
         return response
-    if not (request.user.is_authenticated and request.user.is_verified()):
-        return _json_error("login_required", "Log in to continue.", 401)
-    try:
-        peer = _peer_or_404(request.user, username)
-    except Http404:
-        return _json_error("unknown_user", "There is nobody with this name.", 404)
+    peer, refused = _json_peer(request, username)
+    if refused is not None:
+        return refused
     try:
         up_to = _int_param(request.POST, "up_to")
     except ValueError:
@@ -295,12 +303,9 @@ def _upload(
 ) -> HttpResponse:
     if request.method != "POST":
         return _json_error("method_not_allowed", "use POST", 405)
-    if not (request.user.is_authenticated and request.user.is_verified()):
-        return _json_error("login_required", "Log in to continue.", 401)
-    try:
-        peer = _peer_or_404(request.user, username)
-    except Http404:
-        return _json_error("unknown_user", "There is nobody with this name.", 404)
+    peer, refused = _json_peer(request, username)
+    if refused is not None:
+        return refused
     try:
         caption = request.POST.get("text", "")  # the body, through the handler
     except (RequestDataTooBig, TooManyFieldsSent, MultiPartParserError):
