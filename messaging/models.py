@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.db.models import Q
 
@@ -177,3 +178,21 @@ class Attachment(models.Model):
 
     def __str__(self) -> str:  # no name: it says what the document is (admin, logs)
         return f"{self.file_id} ({self.mime}, {self.size} bytes)"
+
+
+class MessageSearch(models.Model):
+    """A message's words for full-text search on PostgreSQL: its text and its file's name
+    as a tsvector (text search configuration p2p_search: unaccented, no stemming, so any
+    language), under a GIN index. Database triggers keep it in step in the transaction that
+    stores a message or its attachment (migration 0006); nothing in Python writes it.
+
+    On SQLite this table stays empty: the FTS5 table messaging_message_fts, kept in step by
+    triggers too, does the same job. messaging/search.py queries whichever is there."""
+
+    message = models.OneToOneField(
+        Message, primary_key=True, on_delete=models.CASCADE, related_name="search_entry"
+    )
+    document = SearchVectorField()
+
+    def __str__(self) -> str:
+        return f"search entry of message {self.message_id}"

@@ -59,6 +59,32 @@ def conversation_page(
     return ConversationPage(messages=page, older_cursor=page[0].id if older and page else None)
 
 
+AROUND = 10  # messages shown on each side of a found one
+
+
+def conversation_around(
+    *, owner: User, peer_username: str, message_id: int, size: int = AROUND
+) -> ConversationPage | None:
+    """The page of a conversation centred on message_id (a search result): up to size
+    messages before it and size after, in conversation_page's order; None when it is not
+    a message of owner's conversation with peer. older_cursor pages back from there."""
+    position = conversation_position(
+        owner=owner, peer_username=peer_username, message_id=message_id
+    )
+    if position is None:
+        return None
+    created_ms, anchor_id = position
+    messages = _conversation(owner, peer_username).defer("sender_username", "recipient_username")
+    later = Q(created_ms__gt=created_ms) | Q(created_ms=created_ms, id__gt=anchor_id)
+    older = list(messages.exclude(later).order_by("-created_ms", "-id")[: size + 2])
+    newer = list(messages.filter(later).order_by("created_ms", "id")[:size])
+    has_older = len(older) > size + 1
+    older = older[: size + 1]
+    older.reverse()
+    page = older + newer
+    return ConversationPage(messages=page, older_cursor=page[0].id if has_older else None)
+
+
 def conversation_position(
     *, owner: User, peer_username: str, message_id: int
 ) -> tuple[int, int] | None:

@@ -8,6 +8,7 @@ app_name = "messaging"
 urlpatterns = [
     path("api/v1/inbox", peer_api.inbox, name="inbox"),
     path("chats/", views.home, name="home"),
+    path("search/", views.search_view, name="search"),
     path("chat/unread.json", views.unread, name="unread"),
     path("chat/<username:username>/", views.conversation, name="conversation"),
     path("chat/<username:username>/messages.json", views.messages_json, name="messages_json"),

@@ -1,5 +1,5 @@
 """Browser pages of messaging: the conversations home, unread counts, the conversation
-page, its JSON poll, marking messages read, the Retry button."""
+page, its JSON poll, marking messages read, the Retry button, search."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render
 from django.template.loader import get_template, render_to_string
+from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
@@ -22,8 +23,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.models import User
 from p2psocial.serving import user_file_response
+from peers import protocol
 
-from . import blobs, errors, files, queries, sending
+from . import blobs, errors, files, queries, search, sending
 from .content import allowed_type
 from .errors import MessagingError
 from .models import Attachment
@@ -87,12 +89,24 @@ def conversation(request: HttpRequest, username: str) -> HttpResponse:
             return redirect("messaging:conversation", username=username)
     try:
         before = _int_param(request.GET, "before")
+        at = _int_param(request.GET, "at")
     except ValueError:
-        before, status = None, 400
+        before, at, status = None, None, 400
         error = "That page of the conversation does not exist."
     # Showing the page marks nothing read: its script does, through mark_read, once the
     # messages are actually on screen. Without JavaScript nothing is marked read.
-    page = queries.conversation_page(owner=request.user, peer_username=username, before_id=before)
+    page = None
+    if at is not None:  # a search result: the message with the ones around it
+        page = queries.conversation_around(
+            owner=request.user, peer_username=username, message_id=at
+        )
+        if page is None:
+            at, status = None, 404
+            error = "That message is not in this conversation."
+    if page is None:
+        page = queries.conversation_page(
+            owner=request.user, peer_username=username, before_id=before
+        )
     context = {
         "peer": peer,
         "page": page,
@@ -103,7 +117,8 @@ def conversation(request: HttpRequest, username: str) -> HttpResponse:
         "file_max_bytes": settings.FILE_MAX_BYTES,
         "key_change_pending": _key_change_pending(request.user, username),
         "last_id": max((m.id for m in page.messages), default=0),
-        "is_latest": before is None,
+        "is_latest": before is None and at is None,
+        "found_id": at,
     }
     return render(request, "messaging/conversation.html", context, status=status)
 
@@ -376,3 +391,57 @@ def file_preview(request: HttpRequest, file_id: str) -> HttpResponse:
         read=lambda start, end: iter([preview[start:end]]),
         cache_s=3600,
     )
+
+
+@never_cache
+@login_required
+@require_GET
+def search_view(request: HttpRequest) -> HttpResponse:
+    """Search one's own messages: ?q= what to find, ?with= one conversation only, ?before=
+    the next page's cursor. ?rows=1 answers the results as JSON ({"html", "more_url",
+    "count"}), drawn by the same template, for the page's script to search as one types.
+    The terms are never logged (messaging.search)."""
+    text = request.GET.get("q", "")[: search.MAX_QUERY_CHARS * 4]
+    with_username = request.GET.get("with", "") or None
+    wants_rows = request.GET.get("rows") == "1"
+    try:
+        before = _int_param(request.GET, "before")
+        if with_username is not None:
+            protocol.validate_username(with_username)
+    except (ValueError, protocol.ProtocolError):
+        if wants_rows:
+            return _json_error("invalid_field", "That search does not exist.", 400)
+        context = {"error": "That search does not exist.", "q": "", "hits_html": ""}
+        return render(request, "messaging/search.html", context, status=400)
+    page = search.search_messages(
+        owner=request.user, text=text, peer_username=with_username, before_id=before
+    )
+    who = queries.people(sorted({hit.message.peer_username for hit in page.hits}))
+    hit_template = get_template("messaging/_search_hit.html")
+    hits_html = "".join(
+        hit_template.render({"hit": hit, "person": who[hit.message.peer_username]})
+        for hit in page.hits
+    )
+    more_url = ""
+    if page.older_cursor is not None:
+        params = {"q": text, "before": page.older_cursor}
+        if with_username:
+            params["with"] = with_username
+        more_url = "?" + urlencode(params)
+    if wants_rows:
+        return JsonResponse(
+            {"html": hits_html, "more_url": more_url, "count": len(page.hits)},
+            json_dumps_params={"ensure_ascii": False},
+        )
+    context = {
+        "q": text[: search.MAX_QUERY_CHARS],
+        "searched": bool(page.query),
+        "hits_html": mark_safe(hits_html),  # noqa: S308 - the template's escaped output
+        "count": len(page.hits),
+        "more_url": more_url,
+        "is_first_page": before is None,
+        "with_username": with_username,
+        "with_person": queries.people([with_username])[with_username] if with_username else None,
+        "max_chars": search.MAX_QUERY_CHARS,
+    }
+    return render(request, "messaging/search.html", context)

@@ -1,4 +1,8 @@
-"""Structured log lines (key=value) carrying the request id of the current request."""
+"""Structured log lines (key=value) carrying the request id of the current request.
+
+A request that a log record carries (django.request's 4xx and 5xx warnings) is written as
+its method and path only: a query string can hold what someone searched for (/search/?q=)
+or where they were going, and neither belongs in a log."""
 
 import contextvars
 import json
@@ -30,6 +34,8 @@ class StructuredFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key in _STANDARD or key.startswith("_"):
                 continue
+            if key == "request" and hasattr(value, "method") and hasattr(value, "path"):
+                value = f"{value.method} {value.path}"
             parts.append(f"{key}={json.dumps(value, default=str, ensure_ascii=False)}")
         line = " ".join(parts)
         if record.exc_info:

@@ -1,0 +1,278 @@
+"""Full-text search over one person's own messages (sent and received): text, captions and
+file names, with each database's own engine behind one function, search_messages().
+
+What a person types is never handed to the engine: parse_query() keeps only the words
+(runs of letters, digits and combining marks, as both engines' tokenizers see them) and
+quoted phrases, and the engine's query is built from those, so no input can make a query
+fail or reach another person's rows (those are filtered by owner in the same statement).
+The last word, unquoted, matches as a prefix, for searching as one types.
+
+The search terms are never logged: this module logs nothing, and the page's URL is kept
+out of the access logs (docs/deploy/nginx-node.conf).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+from django.db import connection
+
+from accounts.models import User
+
+from .models import Message
+from .queries import attachment_of
+
+MAX_QUERY_CHARS = 200  # what a search box takes; longer input is cut
+MAX_TERMS = 12  # words and phrases in one query
+MAX_PHRASE_WORDS = 12
+MAX_WORD_CHARS = 64
+PAGE_SIZE = 20
+EXCERPT_CHARS = 140  # the excerpt around the first match, about
+
+
+def _is_word_char(char: str) -> bool:
+    """A letter, digit or combining mark (and private-use characters), as FTS5's unicode61
+    tokenizer counts them; everything else separates words (spaces, punctuation, emoji)."""
+    category = unicodedata.category(char)
+    return category[0] in "LNM" or category == "Co"
+
+
+def _words(text: str) -> list[tuple[int, int]]:
+    """The (start, end) of each word of text."""
+    spans, start = [], None
+    for index, char in enumerate(text):
+        if _is_word_char(char):
+            if start is None:
+                start = index
+        elif start is not None:
+            spans.append((start, index))
+            start = None
+    if start is not None:
+        spans.append((start, len(text)))
+    return spans
+
+
+def fold(word: str) -> str:
+    """A word as both engines compare it: case folded, accents removed (é = e, ß = ss)."""
+    decomposed = unicodedata.normalize("NFKD", word.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+@dataclass(frozen=True)
+class Term:
+    words: tuple[str, ...]  # one word, or the words of a quoted phrase, as typed (NFC)
+    prefix: bool  # the last, unquoted word: matches any word it begins
+
+
+@dataclass(frozen=True)
+class Query:
+    terms: tuple[Term, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.terms)
+
+    def matches(self, word: str) -> bool:
+        """Whether a word of a message is one the query looks for (for the excerpt's marks;
+        a phrase's words are marked wherever they are)."""
+        folded = fold(word)
+        for term in self.terms:
+            for index, wanted in enumerate(term.words):
+                wanted = fold(wanted)
+                last = index == len(term.words) - 1
+                if folded == wanted or (term.prefix and last and folded.startswith(wanted)):
+                    return True
+        return False
+
+
+def parse_query(raw: str) -> Query:
+    """The words and "quoted phrases" of what someone typed; anything else is dropped.
+
+    Control and format characters (NUL among them) are removed, the input is cut to
+    MAX_QUERY_CHARS and normalised (NFC), an unclosed quote runs to the end. At most
+    MAX_TERMS terms, each word at most MAX_WORD_CHARS characters."""
+    cleaned = "".join(c for c in raw[: MAX_QUERY_CHARS * 4] if unicodedata.category(c)[0] != "C")
+    cleaned = unicodedata.normalize("NFC", cleaned)[:MAX_QUERY_CHARS]
+    parts = cleaned.split('"')
+    terms: list[Term] = []
+    for index, part in enumerate(parts):
+        words = [part[s:e][:MAX_WORD_CHARS] for s, e in _words(part)]
+        if not words:
+            continue
+        if index % 2 == 1:  # inside quotes
+            terms.append(Term(tuple(words[:MAX_PHRASE_WORDS]), prefix=False))
+        else:
+            terms.extend(Term((word,), prefix=False) for word in words)
+    # The last word is still being typed when it is outside quotes with nothing after it.
+    last = parts[-1]
+    typing = len(parts) % 2 == 1 and bool(last) and _is_word_char(last[-1])
+    if typing and len(terms) <= MAX_TERMS:
+        terms[-1] = Term(terms[-1].words, prefix=True)
+    return Query(tuple(terms[:MAX_TERMS]))
+
+
+def _fts5_match(query: Query) -> str:
+    """The FTS5 MATCH expression: each term a quoted string (words hold no quote), the
+    last one a prefix when typed so, all required."""
+    parts = []
+    for term in query.terms:
+        parts.append('"' + " ".join(term.words) + '"' + ("*" if term.prefix else ""))
+    return " ".join(parts)
+
+
+def _tsquery(query: Query) -> str:
+    """The PostgreSQL tsquery: words single-quoted (they hold no quote or backslash), a
+    phrase's words joined by <->, the last one :* when typed so, all joined by &."""
+    parts = []
+    for term in query.terms:
+        words = [f"'{word}'" for word in term.words]
+        if term.prefix:
+            words[-1] += ":*"
+        parts.append("(" + " <-> ".join(words) + ")")
+    return " & ".join(parts)
+
+
+def _matching_ids_sqlite(
+    *, owner: User, query: Query, peer_username: str | None, before_id: int | None, limit: int
+) -> list[int]:
+    # CROSS JOIN keeps FTS5 the outer loop: it walks its matches newest (highest rowid)
+    # first and the owner check on the message's primary key stops at `limit`.
+    sql = [
+        "SELECT f.rowid FROM messaging_message_fts f CROSS JOIN messaging_message m",
+        "ON m.id = f.rowid WHERE messaging_message_fts MATCH %s AND m.owner_id = %s",
+    ]
+    params: list = [_fts5_match(query), owner.pk]
+    if peer_username is not None:
+        sql.append("AND m.peer_username = %s")
+        params.append(peer_username)
+    if before_id is not None:
+        sql.append("AND f.rowid < %s")
+        params.append(before_id)
+    sql.append("ORDER BY f.rowid DESC LIMIT %s")
+    params.append(limit)
+    with connection.cursor() as cursor:
+        cursor.execute(" ".join(sql), params)
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _matching_ids_postgres(
+    *, owner: User, query: Query, peer_username: str | None, before_id: int | None, limit: int
+) -> list[int]:
+    from django.contrib.postgres.search import SearchQuery
+
+    found = Message.objects.filter(
+        owner=owner,
+        search_entry__document=SearchQuery(_tsquery(query), search_type="raw", config="p2p_search"),
+    )
+    if peer_username is not None:
+        found = found.filter(peer_username=peer_username)
+    if before_id is not None:
+        found = found.filter(id__lt=before_id)
+    return list(found.order_by("-id").values_list("id", flat=True)[:limit])
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    match: bool
+
+
+@dataclass(frozen=True)
+class Hit:
+    message: Message
+    excerpt: tuple[Segment, ...]  # of the text, or of the file's name when only it matched
+    in_file_name: bool
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    query: Query
+    hits: list[Hit]  # the most recently stored first
+    older_cursor: int | None  # pass as ?before= for the next page
+
+
+def excerpt(text: str, query: Query, width: int = EXCERPT_CHARS) -> tuple[Segment, ...]:
+    """About width characters of text around its first matching word, cut at word
+    boundaries ("…" where cut), as segments whose matching words are marked."""
+    spans = _words(text)
+    matching = [(s, e) for s, e in spans if query.matches(text[s:e])]
+    if len(text) <= width:
+        start, end = 0, len(text)
+    else:
+        first = matching[0][0] if matching else 0
+        start = max(0, first - width // 3)
+        end = min(len(text), start + width)
+        start = max(0, min(start, end - width))
+        # Cut at word boundaries: drop a word the window begins or ends inside.
+        for s, e in spans:
+            if s < start < e:
+                start = e
+            if s < end < e:
+                end = s
+    segments: list[Segment] = []
+    if start > 0:
+        segments.append(Segment("…", False))
+    cursor = start
+    for s, e in matching:
+        if s < start or e > end:
+            continue
+        if s > cursor:
+            segments.append(Segment(text[cursor:s], False))
+        segments.append(Segment(text[s:e], True))
+        cursor = e
+    if cursor < end:
+        segments.append(Segment(text[cursor:end], False))
+    if end < len(text):
+        segments.append(Segment("…", False))
+    return tuple(segments)
+
+
+def search_messages(
+    *,
+    owner: User,
+    text: str,
+    peer_username: str | None = None,
+    before_id: int | None = None,
+    size: int = PAGE_SIZE,
+) -> SearchPage:
+    """owner's messages (sent or received) matching what they typed, the most recently
+    stored first, size at a time: pass older_cursor back as before_id for the next page.
+    peer_username narrows it to one conversation. Works on SQLite (FTS5) and PostgreSQL
+    (full-text search); an empty query finds nothing."""
+    query = parse_query(text)
+    if not query:
+        return SearchPage(query=query, hits=[], older_cursor=None)
+    matching_ids = (
+        _matching_ids_postgres if connection.vendor == "postgresql" else _matching_ids_sqlite
+    )
+    ids = matching_ids(
+        owner=owner,
+        query=query,
+        peer_username=peer_username,
+        before_id=before_id,
+        limit=size + 1,
+    )
+    older = ids[size - 1] if len(ids) > size else None
+    ids = ids[:size]
+    by_id = {
+        m.id: m
+        for m in Message.objects.filter(id__in=ids, owner=owner)
+        .select_related("attachment")
+        .defer("attachment__key", "attachment__preview")
+    }
+    hits = []
+    for message_id in ids:
+        message = by_id.get(message_id)
+        if message is None:  # deleted since
+            continue
+        hits.append(_hit(message, query))
+    return SearchPage(query=query, hits=hits, older_cursor=older)
+
+
+def _hit(message: Message, query: Query) -> Hit:
+    in_text = any(query.matches(message.text[s:e]) for s, e in _words(message.text))
+    attachment = attachment_of(message)
+    name = attachment.name if attachment is not None else ""
+    if not in_text and name:
+        return Hit(message=message, excerpt=excerpt(name, query), in_file_name=True)
+    return Hit(message=message, excerpt=excerpt(message.text, query), in_file_name=False)
