@@ -13,6 +13,7 @@ out of the access logs (docs/deploy/nginx-node.conf).
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -53,10 +54,28 @@ def _words(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+# Marks that do not make a word another word for someone searching, removed from what is
+# indexed and from what is searched: accents (once NFKD has split them from their letter),
+# Hebrew points and cantillation, Arabic vowel marks, combining marks' supplements. The
+# vowel signs and viramas of Indic scripts stay: they are part of the word's spelling.
+# Migration 0006's p2p_search_fold() removes the same ranges on PostgreSQL.
+MARKS = re.compile(
+    "[\u0300-\u036f\u0483-\u0489\u0591-\u05bd\u05bf\u05c1\u05c2\u05c4\u05c5\u05c7"
+    "\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e4\u06e7\u06e8"
+    "\u06ea-\u06ed\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]"
+)
+
+
+def index_form(text: str) -> str:
+    """Text as the index holds it and as queries look for it: compatibility-decomposed
+    (NFKD), those MARKS removed, ß written ss. SQLite's triggers call it (registered on
+    every connection as p2p_search_fold, messaging.apps); the engines fold case."""
+    return MARKS.sub("", unicodedata.normalize("NFKD", text)).replace("ß", "ss")
+
+
 def fold(word: str) -> str:
-    """A word as both engines compare it: case folded, accents removed (é = e, ß = ss)."""
-    decomposed = unicodedata.normalize("NFKD", word.casefold())
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
+    """A word as the engines compare it: index_form, case folded (é = e = E, ß = ss)."""
+    return index_form(word).casefold()
 
 
 @dataclass(frozen=True)
@@ -111,20 +130,33 @@ def parse_query(raw: str) -> Query:
     return Query(tuple(terms[:MAX_TERMS]))
 
 
-def _fts5_match(query: Query) -> str:
-    """The FTS5 MATCH expression: each term a quoted string (words hold no quote), the
-    last one a prefix when typed so, all required."""
-    parts = []
+def _engine_terms(query: Query) -> list[Term]:
+    """The terms in index_form, split into words again: only letters, digits and marks
+    are left (never a quote, a backslash or an operator); a term left without words is
+    dropped."""
+    terms = []
     for term in query.terms:
+        folded = index_form(" ".join(term.words))
+        words = tuple(folded[s:e] for s, e in _words(folded))
+        if words:
+            terms.append(Term(words, term.prefix))
+    return terms
+
+
+def _fts5_match(query: Query) -> str:
+    """The FTS5 MATCH expression: each term a quoted string, the last one a prefix when
+    typed so, all required."""
+    parts = []
+    for term in _engine_terms(query):
         parts.append('"' + " ".join(term.words) + '"' + ("*" if term.prefix else ""))
     return " ".join(parts)
 
 
 def _tsquery(query: Query) -> str:
-    """The PostgreSQL tsquery: words single-quoted (they hold no quote or backslash), a
-    phrase's words joined by <->, the last one :* when typed so, all joined by &."""
+    """The PostgreSQL tsquery: words single-quoted, a phrase's words joined by <->, the
+    last one :* when typed so, all joined by &."""
     parts = []
-    for term in query.terms:
+    for term in _engine_terms(query):
         words = [f"'{word}'" for word in term.words]
         if term.prefix:
             words[-1] += ":*"
@@ -240,7 +272,7 @@ def search_messages(
     peer_username narrows it to one conversation. Works on SQLite (FTS5) and PostgreSQL
     (full-text search); an empty query finds nothing."""
     query = parse_query(text)
-    if not query:
+    if not _engine_terms(query):
         return SearchPage(query=query, hits=[], older_cursor=None)
     matching_ids = (
         _matching_ids_postgres if connection.vendor == "postgresql" else _matching_ids_sqlite

@@ -2,13 +2,21 @@
 triggers in the transaction that stores a message or its attachment; the messages already
 stored are indexed here.
 
+Both index a message's text and its file's name in messaging.search.index_form (NFKD,
+accents and Hebrew and Arabic vowel marks removed, ß as ss), and queries are put in the
+same form, so that a word is found however its marks were typed.
+
 - SQLite: the FTS5 table messaging_message_fts (rowid = message id; columns text and the
-  file's name), tokenizer unicode61 with diacritics removed, prefix indexes for 2 and 3
-  characters (the last word is matched as a prefix as people type).
+  file's name), tokenizer unicode61 with letters, digits and marks as word characters,
+  prefix indexes for 2 and 3 characters (the last word is matched as a prefix as people
+  type). The triggers call p2p_search_fold(), index_form registered on every connection
+  (messaging.apps): a write to messaging_message outside Django fails with "no such
+  function".
 - PostgreSQL: the table messaging_messagesearch (the MessageSearch model) holds a tsvector
   per message in the text search configuration p2p_search (unaccent, then simple: no
-  stemming and no stop words, so every language is treated alike), under a GIN index.
-  unaccent is a trusted extension: the database's owner may create it.
+  stemming and no stop words, so every language is treated alike), under a GIN index;
+  p2p_search_fold() is index_form in SQL. unaccent is a trusted extension: the database's
+  owner may create it.
 
 Careful: when a later migration makes Django rebuild messaging_message or
 messaging_attachment on SQLite (most AlterField), SQLite drops their triggers with the old
@@ -22,18 +30,20 @@ from django.db import migrations, models
 SQLITE_FORWARD = [
     """
     CREATE VIRTUAL TABLE messaging_message_fts USING fts5(
-        text, name, tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3'
+        text, name,
+        tokenize = "unicode61 remove_diacritics 2 categories 'L* N* Co M*'",
+        prefix = '2 3'
     )
     """,
     """
     CREATE TRIGGER messaging_message_fts_insert AFTER INSERT ON messaging_message BEGIN
-        INSERT INTO messaging_message_fts (rowid, text, name) VALUES (new.id, new.text, '');
+        INSERT INTO messaging_message_fts (rowid, text, name) VALUES (new.id, p2p_search_fold(new.text), '');
     END
     """,
     """
     CREATE TRIGGER messaging_message_fts_update AFTER UPDATE OF text ON messaging_message
     BEGIN
-        UPDATE messaging_message_fts SET text = new.text WHERE rowid = new.id;
+        UPDATE messaging_message_fts SET text = p2p_search_fold(new.text) WHERE rowid = new.id;
     END
     """,
     """
@@ -44,18 +54,20 @@ SQLITE_FORWARD = [
     """
     CREATE TRIGGER messaging_attachment_fts_insert AFTER INSERT ON messaging_attachment
     BEGIN
-        UPDATE messaging_message_fts SET name = new.name WHERE rowid = new.message_id;
+        UPDATE messaging_message_fts SET name = p2p_search_fold(new.name)
+         WHERE rowid = new.message_id;
     END
     """,
     """
     CREATE TRIGGER messaging_attachment_fts_update AFTER UPDATE OF name ON messaging_attachment
     BEGIN
-        UPDATE messaging_message_fts SET name = new.name WHERE rowid = new.message_id;
+        UPDATE messaging_message_fts SET name = p2p_search_fold(new.name)
+         WHERE rowid = new.message_id;
     END
     """,
     """
     INSERT INTO messaging_message_fts (rowid, text, name)
-    SELECT m.id, m.text, COALESCE(a.name, '')
+    SELECT m.id, p2p_search_fold(m.text), p2p_search_fold(COALESCE(a.name, ''))
       FROM messaging_message m LEFT JOIN messaging_attachment a ON a.message_id = m.id
     """,
 ]
@@ -75,6 +87,14 @@ POSTGRES_FORWARD = [
     ALTER TEXT SEARCH CONFIGURATION p2p_search
         ALTER MAPPING FOR hword, hword_part, word WITH unaccent, simple
     """,
+    r"""
+    CREATE FUNCTION p2p_search_fold(value text) RETURNS text
+        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+        SELECT replace(regexp_replace(normalize(value, NFKD),
+            '[\u0300-\u036f\u0483-\u0489\u0591-\u05bd\u05bf\u05c1\u05c2\u05c4\u05c5\u05c7\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e4\u06e7\u06e8\u06ea-\u06ed\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]',
+            '', 'g'), 'ß', 'ss')
+    $$
+    """,
     """
     CREATE FUNCTION messaging_message_search_index() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
@@ -86,7 +106,7 @@ POSTGRES_FORWARD = [
             target := NEW.id;
         END IF;
         INSERT INTO messaging_messagesearch (message_id, document)
-        SELECT m.id, to_tsvector('p2p_search', m.text || ' ' || COALESCE(a.name, ''))
+        SELECT m.id, to_tsvector('p2p_search', p2p_search_fold(m.text || ' ' || COALESCE(a.name, '')))
           FROM messaging_message m LEFT JOIN messaging_attachment a ON a.message_id = m.id
          WHERE m.id = target
         ON CONFLICT (message_id) DO UPDATE SET document = EXCLUDED.document;
@@ -104,7 +124,7 @@ POSTGRES_FORWARD = [
     """,
     """
     INSERT INTO messaging_messagesearch (message_id, document)
-    SELECT m.id, to_tsvector('p2p_search', m.text || ' ' || COALESCE(a.name, ''))
+    SELECT m.id, to_tsvector('p2p_search', p2p_search_fold(m.text || ' ' || COALESCE(a.name, '')))
       FROM messaging_message m LEFT JOIN messaging_attachment a ON a.message_id = m.id
     """,
     "CREATE INDEX messaging_messagesearch_document ON messaging_messagesearch USING gin (document)",
@@ -114,6 +134,7 @@ POSTGRES_BACKWARD = [
     "DROP TRIGGER IF EXISTS messaging_attachment_search ON messaging_attachment",
     "DROP TRIGGER IF EXISTS messaging_message_search ON messaging_message",
     "DROP FUNCTION IF EXISTS messaging_message_search_index()",
+    "DROP FUNCTION IF EXISTS p2p_search_fold(text)",
     "DROP TEXT SEARCH CONFIGURATION IF EXISTS p2p_search",
     "DELETE FROM messaging_messagesearch",
 ]
