@@ -60,6 +60,7 @@ PAGES = {
     "conversation": ("alice", "/chat/carol/", "Carol Nguyen-Lefebvre"),
     "profile": ("alice", "/people/carol/", "Carol Nguyen-Lefebvre"),
     "own-profile": ("alice", "/profile/", "Your profile"),
+    "search": ("alice", "/search/?q=contract%20draft", "Search your messages"),
 }
 
 
