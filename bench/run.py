@@ -31,7 +31,7 @@ from p2psocial.devnet import BASE_DIR, PYTHON, Network, wait_until
 
 PASSWORD = "bench-password-Xq9!"
 RESULTS = BASE_DIR / "bench" / "results"
-PARTS = ("messages", "pages", "loginserver", "recovery", "files", "live")
+PARTS = ("messages", "pages", "loginserver", "recovery", "files", "live", "search")
 # One uvicorn process per core, as docs/operations.md advises for the login server.
 LOGIN_SERVER_WEB_WORKERS = 2
 BENCH_SETTINGS = {
@@ -380,6 +380,115 @@ def run_loginserver_load(net: Network, *, nodes: int, reports: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+# --- search ----------------------------------------------------------------------------
+def report_search(figures: Figures, search: dict, f_http: float) -> None:
+    """Figures of bench.search: per kind of query the page's p50 over HTTP (p99 and the
+    in-process times in its parameters), overall p50/p99 both ways, the index's size."""
+    kinds = search["kinds"]
+    seeding = search["seeding"]
+    print(
+        f"  ({seeding['messages']:,} messages on hq, half of them the searcher's over 50 "
+        f"conversations; HTTP = GET /search/?q=..&rows=1 on loopback, keep-alive; "
+        f"in process = search_messages() on the same file, DEBUG={search['debug']})"
+    )
+    figures.add(
+        "search: seeding (generated, ORM, FTS triggers)",
+        seeding["messages"] / seeding["seconds"],
+        "msg/s",
+        messages=seeding["messages"],
+        files=seeding["files"],
+        seconds=round(seeding["seconds"], 1),
+    )
+    for kind in kinds:
+        figures.add(
+            f"search: {kind.label}, HTTP p50",
+            pct(kind.http_ms, 50),
+            "ms",
+            "http floor",
+            f_http,
+            target="p50<=50",
+            q=kind.q,
+            with_username=kind.with_username,
+            before=kind.before,
+            matches=kind.matches,
+            matches_node=kind.matches_node,
+            p99_ms=round(pct(kind.http_ms, 99), 3),
+            in_process_p50_ms=round(pct(kind.call_ms, 50), 3),
+            in_process_p99_ms=round(pct(kind.call_ms, 99), 3),
+            n=len(kind.http_ms),
+            plan=kind.plan,
+        )
+    every_http = [t for kind in kinds for t in kind.http_ms]
+    every_call = [t for kind in kinds for t in kind.call_ms]
+    for label, values, floor, floor_value in (
+        ("HTTP", every_http, "http floor", f_http),
+        ("search_messages() in process", every_call, None, None),
+    ):
+        for p in (50, 99):
+            figures.add(
+                f"search: all kinds, {label} p{p}",
+                pct(values, p),
+                "ms",
+                floor,
+                floor_value,
+                target="p50<=50",
+                n=len(values),
+                rounds=search["rounds"],
+            )
+    print(f"\n  {'query kind':<36} {'matches':>8} {'HTTP p50':>9} {'p99':>7} "
+          f"{'call p50':>9} {'p99':>7}")  # fmt: skip
+    for kind in kinds:
+        print(
+            f"  {kind.label:<36} {kind.matches:>8,} {pct(kind.http_ms, 50):>9.2f} "
+            f"{pct(kind.http_ms, 99):>7.2f} {pct(kind.call_ms, 50):>9.2f} "
+            f"{pct(kind.call_ms, 99):>7.2f}"
+        )
+    missed = [kind for kind in kinds if pct(kind.http_ms, 50) > 50]
+    for kind in missed:
+        print(f"  p50 over 50 ms: {kind.label} (q={kind.q!r}); its plan:")
+        for line in kind.plan:
+            print(f"    {line}")
+    print()
+    for label, size in (("as the triggers built it", search["size"]),
+                        ("after FTS5 'optimize'", search["size_optimized"])):  # fmt: skip
+        per = size["indexed"] or 1
+        figures.add(
+            f"search index per message, {label}",
+            size["fts_bytes"] / per,
+            "B/msg",
+            messages=size["indexed"],
+            index_bytes_per_message=round(size["index_bytes"] / per, 1),
+            content_copy_bytes_per_message=round(size["content_bytes"] / per, 1),
+            tables=size["fts_tables"],
+            page_size=size["page_size"],
+        )
+    size = search["size"]
+    per = size["messages"] or 1
+    figures.add(
+        "  of which the inverted index (_data, _idx)",
+        size["index_bytes"] / (size["indexed"] or 1),
+        "B/msg",
+    )
+    figures.add(
+        "  of which its copy of the text (_content, _docsize)",
+        size["content_bytes"] / (size["indexed"] or 1),
+        "B/msg",
+    )
+    figures.add(
+        "message table per message (for comparison)",
+        size["message_table_bytes"] / per,
+        "B/msg",
+        messages=size["messages"],
+        with_its_indexes_bytes_per_message=round(
+            (size["message_table_bytes"] + size["message_indexes_bytes"]) / per, 1
+        ),
+        text_bytes_per_message=round(search["text_bytes_per_message"], 1),
+    )
+    figures.add("search index: FTS5 'optimize' took", search["optimize_s"], "s")
+    spent = ", ".join(f"{name} {seconds} s" for name, seconds in search["phases_s"].items())
+    print(f"  (time spent: {spent})")
+
+
 # --- main ------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -643,6 +752,26 @@ def main(argv: list[str] | None = None) -> int:
                     target="<64",
                     per_process_mb=result["growth_mb"],
                 )
+
+        if "search" in parts:
+            print("\nsearch")
+            from bench.search import measure_search
+
+            searcher_secret = net.create_person("hq", "searcher", PASSWORD)
+            for i in range(1, 4):
+                net.create_person("hq", f"colleague{i}", PASSWORD)
+            session = net.login("hq", "searcher", PASSWORD, searcher_secret)
+            n_search = 10_000 if q else 100_000
+            search = measure_search(
+                net,
+                session,
+                owner=User.objects.get(username="searcher"),
+                others=list(User.objects.filter(username__startswith="colleague")),
+                messages=n_search,
+                rounds=30 if q else 100,
+                budget_s=90 if q else 240,
+            )
+            report_search(figures, search, f_http)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
