@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import cached_property
 
 from django.db import connection
 
@@ -34,9 +35,11 @@ EXCERPT_CHARS = 140  # the excerpt around the first match, about
 
 def _is_word_char(char: str) -> bool:
     """A letter, digit or combining mark (and private-use characters), as FTS5's unicode61
-    tokenizer counts them; everything else separates words (spaces, punctuation, emoji)."""
+    tokenizer counts them, or one of the FORMAT_CHARS that index_form removes from inside
+    words (a zero-width non-joiner); everything else separates words (spaces,
+    punctuation, emoji)."""
     category = unicodedata.category(char)
-    return category[0] in "LNM" or category == "Co"
+    return category[0] in "LNM" or category == "Co" or FORMAT_CHARS.match(char) is not None
 
 
 def _words(text: str) -> list[tuple[int, int]]:
@@ -66,11 +69,31 @@ MARKS = re.compile(
 )
 
 
+# Invisible format characters (soft hyphen, zero-width (non-)joiners and spaces, direction
+# marks, word joiners, BOM): removed, so that a Persian word typed with a zero-width
+# non-joiner, or a word with a soft hyphen, is one word on both sides. Same list in 0006.
+FORMAT_CHARS = re.compile(
+    "[\u00ad\u0600-\u0605\u061c\u06dd\u070f\u180e\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]"
+)
+# Letters that NFKD leaves whole but a reader takes for plain ones (as PostgreSQL's
+# unaccent does); final sigma is sigma. Same mapping in 0006's p2p_search_fold().
+LETTERS = str.maketrans(
+    {
+        "Ł": "L", "ł": "l", "Ø": "O", "ø": "o", "Đ": "D", "đ": "d", "Ħ": "H", "ħ": "h",
+        "\u0131": "i", "Æ": "AE", "æ": "ae", "Œ": "OE", "œ": "oe", "ẞ": "SS", "ß": "ss",
+        "\u03c2": "\u03c3",  # final sigma: sigma
+    }
+)  # fmt: skip
+
+
 def index_form(text: str) -> str:
     """Text as the index holds it and as queries look for it: compatibility-decomposed
-    (NFKD), those MARKS removed, ß written ss. SQLite's triggers call it (registered on
-    every connection as p2p_search_fold, messaging.apps); the engines fold case."""
-    return MARKS.sub("", unicodedata.normalize("NFKD", text)).replace("ß", "ss")
+    (NFKD), MARKS and FORMAT_CHARS removed, LETTERS mapped (ß as ss, ł as l). SQLite's
+    triggers call it (registered on every connection as p2p_search_fold, messaging.apps);
+    the engines fold case."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return FORMAT_CHARS.sub("", MARKS.sub("", decomposed)).translate(LETTERS)
 
 
 def fold(word: str) -> str:
@@ -91,26 +114,41 @@ class Query:
     def __bool__(self) -> bool:
         return bool(self.terms)
 
+    @cached_property
+    def _wanted(self) -> tuple[tuple[str, bool], ...]:
+        """Each term's words folded once, with whether it may match as a prefix."""
+        return tuple(
+            (fold(wanted), term.prefix and index == len(term.words) - 1)
+            for term in self.terms
+            for index, wanted in enumerate(term.words)
+        )
+
     def matches(self, word: str) -> bool:
         """Whether a word of a message is one the query looks for (for the excerpt's marks;
         a phrase's words are marked wherever they are)."""
         folded = fold(word)
-        for term in self.terms:
-            for index, wanted in enumerate(term.words):
-                wanted = fold(wanted)
-                last = index == len(term.words) - 1
-                if folded == wanted or (term.prefix and last and folded.startswith(wanted)):
-                    return True
-        return False
+        return any(
+            folded == wanted or (prefix and folded.startswith(wanted))
+            for wanted, prefix in self._wanted
+        )
+
+
+# Quotation marks people's keyboards type for " (smart punctuation, other languages).
+QUOTES = str.maketrans(dict.fromkeys("“”„‟«»\uff02「」『』", '"'))
+
+
+_SEPARATE = frozenset({"Cc", "Cf", "Cs", "Cn"})  # what is left of them after FORMAT_CHARS
 
 
 def parse_query(raw: str) -> Query:
     """The words and "quoted phrases" of what someone typed; anything else is dropped.
 
-    Control and format characters (NUL among them) are removed, the input is cut to
+    Control characters (NUL among them) separate words, format characters are removed
+    (as index_form does), curly and other QUOTES count as ", the input is cut to
     MAX_QUERY_CHARS and normalised (NFC), an unclosed quote runs to the end. At most
     MAX_TERMS terms, each word at most MAX_WORD_CHARS characters."""
-    cleaned = "".join(c for c in raw[: MAX_QUERY_CHARS * 4] if unicodedata.category(c)[0] != "C")
+    cleaned = FORMAT_CHARS.sub("", raw[: MAX_QUERY_CHARS * 4]).translate(QUOTES)
+    cleaned = "".join(" " if unicodedata.category(c) in _SEPARATE else c for c in cleaned)
     cleaned = unicodedata.normalize("NFC", cleaned)[:MAX_QUERY_CHARS]
     parts = cleaned.split('"')
     terms: list[Term] = []
@@ -235,12 +273,16 @@ def excerpt(text: str, query: Query, width: int = EXCERPT_CHARS) -> tuple[Segmen
         start = max(0, first - width // 3)
         end = min(len(text), start + width)
         start = max(0, min(start, end - width))
-        # Cut at word boundaries: drop a word the window begins or ends inside.
+        # Cut at word boundaries: drop a word the window begins or ends inside; unless
+        # that leaves nothing (one word wider than the window: Chinese, a long link).
+        cut_start, cut_end = start, end
         for s, e in spans:
-            if s < start < e:
-                start = e
-            if s < end < e:
-                end = s
+            if s < cut_start < e:
+                cut_start = e
+            if s < cut_end < e:
+                cut_end = s
+        if cut_end > cut_start:
+            start, end = cut_start, cut_end
     segments: list[Segment] = []
     if start > 0:
         segments.append(Segment("…", False))

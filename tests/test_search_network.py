@@ -70,6 +70,8 @@ def history(net):
             "תּוֹדָה רַבָּה לכולם",
             "Treffen in der Goethestraße",
             "दुनिया बहुत बड़ी है",
+            "من می\u200cخواهم بیایم",  # noqa: RUF001
+            "Spotkanie w Łodzi, potem Ørsted",
         ],
         ("bob", "dave"): ["bob's quarterly figures, not alice's", "Genève for bob"],
     }
@@ -78,7 +80,7 @@ def history(net):
             send(net, user, peer, text)
         arrived(net, peer, user, texts_[-1])
     message = send_file(
-        net, "alice", "carol", "Budget forecast 2027.pdf", samples.pdf(), "the deck for Monday"
+        net, "alice", "carol", "Budget-forecast_2027.v2.pdf", samples.pdf(), "the deck for Monday"
     )
     wait_for(
         lambda: file_state(net, "carol", "alice", message["file"]["id"]) == "stored",
@@ -106,6 +108,12 @@ def history(net):
         ("goethestrasse", "Treffen in der Goethestraße"),
         ("दुनिया", "दुनिया बहुत बड़ी है"),
         ("forecast", "the deck for Monday"),  # the file's name
+        ("2027", "the deck for Monday"),  # a word between punctuation in it
+        ("v2 pdf", "the deck for Monday"),
+        ("می\u200cخواهم", "من می\u200cخواهم بیایم"),  # noqa: RUF001 - with a zero-width non-joiner
+        ("میخواهم", "من می\u200cخواهم بیایم"),  # noqa: RUF001 - or without
+        ("lodzi orsted", "Spotkanie w Łodzi, potem Ørsted"),
+        ("“figures are ready”", "The quarterly figures are ready"),  # curly quotes
         ("deck monday", "the deck for Monday"),  # its caption
     ],
 )

@@ -87,16 +87,26 @@ POSTGRES_FORWARD = [
     ALTER TEXT SEARCH CONFIGURATION p2p_search
         ALTER MAPPING FOR hword, hword_part, word WITH unaccent, simple
     """,
+    # messaging.search.index_form in SQL: NFKD, its MARKS and FORMAT_CHARS removed, its
+    # LETTERS mapped; and ASCII punctuation as spaces, since PostgreSQL's parser would
+    # keep "q3-report.pdf" or "a_b" whole where the query's words are split.
     r"""
     CREATE FUNCTION p2p_search_fold(value text) RETURNS text
-        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-        SELECT replace(regexp_replace(normalize(value, NFKD),
-            '[\u0300-\u036f\u0483-\u0489\u0591-\u05bd\u05bf\u05c1\u05c2\u05c4\u05c5\u05c7\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e4\u06e7\u06e8\u06ea-\u06ed\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]',
-            '', 'g'), 'ß', 'ss')
+        LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path FROM CURRENT AS $$
+        SELECT replace(replace(replace(replace(replace(replace(translate(
+            regexp_replace(regexp_replace(regexp_replace(normalize(value, NFKD),
+                '[\u0300-\u036f\u0483-\u0489\u0591-\u05bd\u05bf\u05c1\u05c2\u05c4\u05c5\u05c7\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e4\u06e7\u06e8\u06ea-\u06ed\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]',
+                '', 'g'),
+                '[\u00ad\u0600-\u0605\u061c\u06dd\u070f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]',
+                '', 'g'),
+                '[!-/:-@\[-`{-~]', ' ', 'g'),
+            U&'ŁłØøĐđĦħ\0131\03C2', U&'LlOoDdHhi\03C3'),
+            'Æ', 'AE'), 'æ', 'ae'), 'Œ', 'OE'), 'œ', 'oe'), 'ẞ', 'SS'), 'ß', 'ss')
     $$
     """,
     """
-    CREATE FUNCTION messaging_message_search_index() RETURNS trigger LANGUAGE plpgsql AS $$
+    CREATE FUNCTION messaging_message_search_index() RETURNS trigger LANGUAGE plpgsql
+        SET search_path FROM CURRENT AS $$
     DECLARE
         target bigint;
     BEGIN
