@@ -20,6 +20,11 @@ _OPEN_PREFIXES = ("/login/", "/setup/2fa/", "/logout/", "/static/", "/health", "
 _OPEN_EXACT = ("/favicon.ico", "/robots.txt")
 
 
+# Pages whose query string is nobody's business (what someone searched for): a login
+# redirect comes back to them without it.
+_NEXT_WITHOUT_QUERY = frozenset({"/search/"})
+
+
 def _is_open(path: str) -> bool:
     return path in _OPEN_EXACT or path.startswith(_OPEN_PREFIXES)
 
@@ -57,7 +62,11 @@ class SecondFactorRequiredMiddleware:
         else:
             target = reverse("accounts:enrol")
         if request.method == "GET":
-            target += "?" + urlencode({"next": request.get_full_path()})
+            # A search's terms stay out of the login form, its session and django-axes'
+            # record of failed attempts: the person comes back to an empty search.
+            private_query = request.path in _NEXT_WITHOUT_QUERY
+            back = request.path if private_query else request.get_full_path()
+            target += "?" + urlencode({"next": back})
         return HttpResponseRedirect(target)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import wraps
 
 from django.conf import settings
 from django.contrib import messages as flash
@@ -393,7 +394,21 @@ def file_preview(request: HttpRequest, file_id: str) -> HttpResponse:
     )
 
 
+def _no_referrer(view):
+    """The page's address holds what was searched for: a link followed from it (a result,
+    a file) does not pass it on, even within the site."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        response = view(request, *args, **kwargs)
+        response["Referrer-Policy"] = "no-referrer"
+        return response
+
+    return wrapped
+
+
 @never_cache
+@_no_referrer
 @login_required
 @require_GET
 def search_view(request: HttpRequest) -> HttpResponse:

@@ -311,6 +311,9 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "accounts/locked_out.html"
 AXES_VERBOSE = False
+# Where a login was going is not recorded with a failed attempt (office administrators
+# read those records): it may be a page's address with what someone searched for.
+AXES_SENSITIVE_PARAMETERS = ["next"]
 
 OTP_TOTP_ISSUER = env("P2P_OTP_ISSUER", "p2psocial")
 OTP_TOTP_THROTTLE_FACTOR = 1

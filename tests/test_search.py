@@ -877,3 +877,33 @@ def test_a_logged_record_carrying_a_request_keeps_method_and_path_only():
     assert '"Bad Request: /search/"' in line
     assert 'request="GET /search/"' in line and "status_code=400" in line
     assert "secretword" not in line and "rita" not in line
+
+
+# --- what the browser keeps of a search ------------------------------------------------------
+
+
+def test_the_search_box_takes_what_search_keeps_everywhere_it_is(alice):
+    """The box's maxlength is MAX_QUERY_CHARS on the home, in a conversation and on the
+    results page (not the message box's limit)."""
+    for path in ("/chats/", "/chat/rita/", "/search/?q=x"):
+        page = alice.get(path).content.decode()
+        box = re.search(r'<input type="search"[^>]*>', page)
+        assert box, path
+        assert f'maxlength="{search.MAX_QUERY_CHARS}"' in box.group(0), path
+
+
+def test_the_terms_stay_out_of_the_title_and_of_the_next_pages_referer(alice):
+    response = alice.get("/search/", {"q": "acquisition target"})
+    title = re.search(r"<title>(.*?)</title>", response.content.decode(), re.S).group(1)
+    assert "acquisition" not in title
+    assert response["Referrer-Policy"] == "no-referrer"
+    assert alice.get("/search/", {"q": "x", "rows": "1"})["Referrer-Policy"] == "no-referrer"
+
+
+def test_a_logged_out_search_comes_back_to_an_empty_search(client):
+    """The login redirect keeps /search/ but not what was searched for: it would reach the
+    login form, the session and the record of failed logins."""
+    response = client.get("/search/", {"q": "acquisition target"})
+    assert response.status_code == 302
+    assert "acquisition" not in response["Location"]
+    assert "next=%2Fsearch%2F" in response["Location"]

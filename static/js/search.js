@@ -78,6 +78,9 @@
       signal: controller.signal,
     })
       .then(function (response) {
+        if (response.status === 401 || response.redirected) {
+          throw new Error("logged out");
+        }
         if (!response.ok) throw new Error("status " + response.status);
         return response.json();
       })
@@ -87,7 +90,9 @@
       .catch(function (error) {
         if (error.name === "AbortError") return;
         lastAsked = null; // ask again on the next keystroke
-        status.textContent = "Search is not available right now; press Enter to try again.";
+        status.textContent = error.message === "logged out"
+          ? "Your session has ended: reload the page to log in again."
+          : "Search is not available right now; press Enter to try again.";
       });
   }
 
