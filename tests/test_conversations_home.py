@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts.models import Profile
-from messaging.models import Attachment, Message
+from messaging.models import Message
 from peers.models import DirectorySync, DirectoryUser
 from tests.helpers.accounts import logged_in, post_password, step_now
 from tests.helpers.factories import DEFAULT_PASSWORD, code_at_step, make_person
@@ -24,6 +24,7 @@ from tests.helpers.messaging import (
     make_remote_node,
     make_remote_person,
     stored_message,
+    with_file,
 )
 
 pytestmark = pytest.mark.django_db
@@ -63,22 +64,6 @@ def received(owner, peer: str, text: str = "hello", *, at: int, read: bool = Fal
 
 def sent(owner, peer: str, text: str = "hello", *, at: int) -> Message:
     return stored_message(owner, peer, direction="out", text=text, created_ms=at)
-
-
-def with_file(message: Message, name: str, kind: str, mime: str) -> Message:
-    Attachment.objects.create(
-        message=message,
-        file_id=uuid.uuid4(),
-        node="branch",
-        name=name,
-        mime=mime,
-        kind=kind,
-        size=1234,
-        sha256="0" * 64,
-        key=b"k" * 72,
-        state=Attachment.State.STORED,
-    )
-    return message
 
 
 def home(client: Client) -> str:

@@ -31,6 +31,7 @@ from tests.helpers.messaging import (
     make_remote_node,
     make_remote_person,
     stored_message,
+    with_file,
 )
 
 pytestmark = pytest.mark.django_db
@@ -67,24 +68,6 @@ def received(owner, peer: str, text: str = "hello", *, at: int = 1_000) -> Messa
 
 def sent(owner, peer: str, text: str = "hello", *, at: int = 1_000) -> Message:
     return stored_message(owner, peer, direction="out", text=text, created_ms=at)
-
-
-def with_file(
-    message: Message, name: str, kind: str = "pdf", mime: str = "application/pdf"
-) -> Message:
-    Attachment.objects.create(
-        message=message,
-        file_id=uuid.uuid4(),
-        node="branch",
-        name=name,
-        mime=mime,
-        kind=kind,
-        size=1234,
-        sha256="0" * 64,
-        key=b"k" * 72,
-        state=Attachment.State.STORED,
-    )
-    return message
 
 
 def page_of(client: Client, q: str, **params: str) -> str:

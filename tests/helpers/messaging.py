@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,6 +169,25 @@ def stored_message(
     )
     fields.update(kw)
     return Message.objects.create(**fields)
+
+
+def with_file(message, name: str, kind: str = "pdf", mime: str = "application/pdf"):
+    """message, now with a file of that name that this node holds (as a page shows it)."""
+    from messaging.models import Attachment
+
+    Attachment.objects.create(
+        message=message,
+        file_id=uuid.uuid4(),
+        node="branch",
+        name=name,
+        mime=mime,
+        kind=kind,
+        size=1234,
+        sha256="0" * 64,
+        key=b"k" * 72,
+        state=Attachment.State.STORED,
+    )
+    return message
 
 
 @dataclass
