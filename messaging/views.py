@@ -79,7 +79,7 @@ def _int_param(params: QueryDict, name: str) -> int | None:
 @require_http_methods(["GET", "POST"])
 def conversation(request: HttpRequest, username: str) -> HttpResponse:
     peer = _peer_or_404(request.user, username)
-    error, draft, status = None, "", 200
+    error, page_error, draft, status = None, None, "", 200
     if request.method == "POST":
         draft = request.POST.get("text", "")
         try:
@@ -93,7 +93,7 @@ def conversation(request: HttpRequest, username: str) -> HttpResponse:
         at = _int_param(request.GET, "at")
     except ValueError:
         before, at, status = None, None, 400
-        error = "That page of the conversation does not exist."
+        page_error = "That page of the conversation does not exist."
     # Showing the page marks nothing read: its script does, through mark_read, once the
     # messages are actually on screen. Without JavaScript nothing is marked read.
     page = None
@@ -103,7 +103,7 @@ def conversation(request: HttpRequest, username: str) -> HttpResponse:
         )
         if page is None:
             at, status = None, 404
-            error = "That message is not in this conversation."
+            page_error = "That message is not in this conversation."
     if page is None:
         page = queries.conversation_page(
             owner=request.user, peer_username=username, before_id=before
@@ -112,7 +112,8 @@ def conversation(request: HttpRequest, username: str) -> HttpResponse:
         "peer": peer,
         "page": page,
         "bubbles": [queries.message_bubble(m) for m in page.messages],
-        "error": error,
+        "error": error,  # what went wrong with the message typed: shown at the compose box
+        "page_error": page_error,  # what went wrong with the address: shown at the top
         "draft": draft,
         "max_chars": settings.MESSAGE_MAX_CHARS,
         "file_max_bytes": settings.FILE_MAX_BYTES,

@@ -692,6 +692,8 @@ def test_a_message_of_another_conversation_is_404(alice):
     html = response.content.decode()
     assert NOT_IN_CONVERSATION in html
     assert f'id="m-{with_bob.id}"' not in html
+    # said about the page, not about the message being typed
+    assert 'aria-invalid="true"' not in html and 'id="compose-error"' not in html
 
 
 def test_a_message_of_another_person_is_404(alice):
