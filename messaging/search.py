@@ -181,13 +181,17 @@ def _engine_terms(query: Query) -> list[Term]:
     return terms
 
 
-def _fts5_match(query: Query) -> str:
+def _fts5_match(query: Query, owner_id: int | None = None) -> str:
     """The FTS5 MATCH expression: each term a quoted string, the last one a prefix when
-    typed so, all required."""
+    typed so, all required, in the text and name columns; with owner_id, only among that
+    person's rows (the owner column's token, "o<id>"), so that the engine intersects with
+    their messages instead of walking everyone's matches: how long a search takes then
+    says little about how often other people use a word."""
     parts = []
     for term in _engine_terms(query):
         parts.append('"' + " ".join(term.words) + '"' + ("*" if term.prefix else ""))
-    return " ".join(parts)
+    words = "{text name} : (" + " ".join(parts) + ")"
+    return words if owner_id is None else f'{{owner}} : "o{int(owner_id)}" AND {words}'
 
 
 def _tsquery(query: Query) -> str:
@@ -205,13 +209,15 @@ def _tsquery(query: Query) -> str:
 def _matching_ids_sqlite(
     *, owner: User, query: Query, peer_username: str | None, before_id: int | None, limit: int
 ) -> list[int]:
-    # CROSS JOIN keeps FTS5 the outer loop: it walks its matches newest (highest rowid)
-    # first and the owner check on the message's primary key stops at `limit`.
+    # CROSS JOIN keeps FTS5 the outer loop: it walks the owner's matches newest (highest
+    # rowid) first and stops at `limit`; the message's owner is checked again by its
+    # primary key. (With a plain JOIN SQLite may walk every message, running the MATCH
+    # once per row.)
     sql = [
         "SELECT f.rowid FROM messaging_message_fts f CROSS JOIN messaging_message m",
         "ON m.id = f.rowid WHERE messaging_message_fts MATCH %s AND m.owner_id = %s",
     ]
-    params: list = [_fts5_match(query), owner.pk]
+    params: list = [_fts5_match(query, owner.pk), owner.pk]
     if peer_username is not None:
         sql.append("AND m.peer_username = %s")
         params.append(peer_username)

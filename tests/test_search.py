@@ -892,3 +892,12 @@ def test_a_logged_out_search_comes_back_to_an_empty_search(client):
     assert response.status_code == 302
     assert "acquisition" not in response["Location"]
     assert "next=%2Fsearch%2F" in response["Location"]
+
+
+def test_the_owner_column_is_not_searched_as_words(alice):
+    """The SQLite index keeps each row's owner as a token ("o<id>") for the engine to
+    narrow by; a person typing that token finds no message that does not say it."""
+    received(alice.user, "rita", "nothing to see")
+    said = received(alice.user, "rita", f"the code is o{alice.user.pk}")
+
+    assert found(alice, f"o{alice.user.pk}") == [said.id]

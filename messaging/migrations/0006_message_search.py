@@ -6,8 +6,9 @@ Both index a message's text and its file's name in messaging.search.index_form (
 accents and Hebrew and Arabic vowel marks removed, ß as ss), and queries are put in the
 same form, so that a word is found however its marks were typed.
 
-- SQLite: the FTS5 table messaging_message_fts (rowid = message id; columns text and the
-  file's name), tokenizer unicode61 with letters, digits and marks as word characters,
+- SQLite: the FTS5 table messaging_message_fts (rowid = message id; columns text, the
+  file's name, and the owner as a token "o<user id>" that every query ANDs in, so that
+  a search walks only its owner's matches), tokenizer unicode61 with letters, digits and marks as word characters,
   prefix indexes for 2 and 3 characters (the last word is matched as a prefix as people
   type). The triggers call p2p_search_fold(), index_form registered on every connection
   (messaging.apps): a write to messaging_message outside Django fails with "no such
@@ -30,14 +31,15 @@ from django.db import migrations, models
 SQLITE_FORWARD = [
     """
     CREATE VIRTUAL TABLE messaging_message_fts USING fts5(
-        text, name,
+        text, name, owner,
         tokenize = "unicode61 remove_diacritics 2 categories 'L* N* Co M*'",
         prefix = '2 3'
     )
     """,
     """
     CREATE TRIGGER messaging_message_fts_insert AFTER INSERT ON messaging_message BEGIN
-        INSERT INTO messaging_message_fts (rowid, text, name) VALUES (new.id, p2p_search_fold(new.text), '');
+        INSERT INTO messaging_message_fts (rowid, text, name, owner)
+        VALUES (new.id, p2p_search_fold(new.text), '', 'o' || new.owner_id);
     END
     """,
     """
@@ -66,8 +68,9 @@ SQLITE_FORWARD = [
     END
     """,
     """
-    INSERT INTO messaging_message_fts (rowid, text, name)
-    SELECT m.id, p2p_search_fold(m.text), p2p_search_fold(COALESCE(a.name, ''))
+    INSERT INTO messaging_message_fts (rowid, text, name, owner)
+    SELECT m.id, p2p_search_fold(m.text), p2p_search_fold(COALESCE(a.name, '')),
+           'o' || m.owner_id
       FROM messaging_message m LEFT JOIN messaging_attachment a ON a.message_id = m.id
     """,
 ]
