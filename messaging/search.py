@@ -7,8 +7,9 @@ quoted phrases, and the engine's query is built from those, so no input can make
 fail or reach another person's rows (those are filtered by owner in the same statement).
 The last word, unquoted, matches as a prefix, for searching as one types.
 
-The search terms are never logged: this module logs nothing, and the page's URL is kept
-out of the access logs (docs/deploy/nginx-node.conf).
+The search terms are never logged: this module logs nothing, logged requests carry no
+query string (p2psocial.logging), and the page's address is kept out of the access logs
+(docs/deploy/nginx-log-format.conf) and of login redirects (accounts.middleware).
 """
 
 from __future__ import annotations
