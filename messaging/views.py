@@ -427,7 +427,7 @@ def search_view(request: HttpRequest) -> HttpResponse:
     except (ValueError, protocol.ProtocolError):
         if wants_rows:
             return _json_error("invalid_field", "That search does not exist.", 400)
-        context = {"error": "That search does not exist.", "q": "", "hits_html": ""}
+        context = {"error": "That search does not exist.", "q": "", "is_first_page": True}
         return render(request, "messaging/search.html", context, status=400)
     page = search.search_messages(
         owner=request.user, text=text, peer_username=with_username, before_id=before
@@ -458,6 +458,5 @@ def search_view(request: HttpRequest) -> HttpResponse:
         "is_first_page": before is None,
         "with_username": with_username,
         "with_person": queries.people([with_username])[with_username] if with_username else None,
-        "max_chars": search.MAX_QUERY_CHARS,
     }
     return render(request, "messaging/search.html", context)

@@ -490,6 +490,7 @@ def test_a_bad_parameter_answers_400_on_the_page(alice, params):
     html = response.content.decode()
     assert NO_SUCH_SEARCH in html and hits(html) == []
     assert "<script>" not in html
+    assert "Back to the newest results" not in html  # there are no results to go back to
 
 
 @pytest.mark.parametrize("params", BAD_PARAMS, ids=lambda p: repr(p)[:30])
