@@ -16,9 +16,10 @@ from django.utils import timezone
 from accounts.models import Profile
 from messaging.models import Message
 from peers.models import DirectorySync, DirectoryUser
-from tests.helpers.accounts import logged_in, post_password, step_now
+from tests.helpers.accounts import post_password, step_now
 from tests.helpers.factories import DEFAULT_PASSWORD, code_at_step, make_person
 from tests.helpers.messaging import (
+    alice_of_hq,
     join_local_node,
     make_local_person,
     make_remote_node,
@@ -41,14 +42,7 @@ def fast_hashing(settings):
 @pytest.fixture
 def alice():
     """alice of hq, logged in; rita of branch and bob of hq to talk to; a fresh directory."""
-    join_local_node("hq")
-    user, secret = make_person("alice")
-    make_remote_person(make_remote_node("branch"), "rita")
-    make_local_person("bob")
-    DirectorySync.objects.update_or_create(pk=1, defaults={"last_success_at": timezone.now()})
-    client = logged_in(Client(), "alice", secret)
-    client.user = user
-    return client
+    return alice_of_hq()
 
 
 def received(owner, peer: str, text: str = "hello", *, at: int, read: bool = False) -> Message:

@@ -12,7 +12,6 @@ import pytest
 from django.db import connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.test import Client, RequestFactory
-from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,14 +21,9 @@ from messaging.models import Attachment, Message
 from messaging.queries import AROUND
 from p2psocial.logging import StructuredFormatter
 from peers import protocol
-from peers.models import DirectorySync
-from tests.helpers.accounts import logged_in
-from tests.helpers.factories import make_person
 from tests.helpers.messaging import (
-    join_local_node,
+    alice_of_hq,
     make_local_person,
-    make_remote_node,
-    make_remote_person,
     stored_message,
     with_file,
 )
@@ -50,16 +44,8 @@ def fast_hashing(settings):
 
 @pytest.fixture
 def alice():
-    """alice of hq, logged in; rita of branch and bob of hq to talk to; a fresh directory
-    (as in tests/test_conversations_home.py)."""
-    join_local_node("hq")
-    user, secret = make_person("alice")
-    make_remote_person(make_remote_node("branch"), "rita")
-    make_local_person("bob")
-    DirectorySync.objects.update_or_create(pk=1, defaults={"last_success_at": timezone.now()})
-    client = logged_in(Client(), "alice", secret)
-    client.user = user
-    return client
+    """alice of hq, logged in; rita of branch and bob of hq to talk to; a fresh directory."""
+    return alice_of_hq()
 
 
 def received(owner, peer: str, text: str = "hello", *, at: int = 1_000) -> Message:

@@ -171,6 +171,25 @@ def stored_message(
     return Message.objects.create(**fields)
 
 
+def alice_of_hq() -> Client:
+    """alice of this node "hq", logged in (client.user is her), with rita of the remote
+    node "branch" and bob of hq to talk to, and a fresh directory: the pages' cast."""
+    from django.utils import timezone
+
+    from peers.models import DirectorySync
+    from tests.helpers.accounts import logged_in
+    from tests.helpers.factories import make_person
+
+    join_local_node("hq")
+    user, secret = make_person("alice")
+    make_remote_person(make_remote_node("branch"), "rita")
+    make_local_person("bob")
+    DirectorySync.objects.update_or_create(pk=1, defaults={"last_success_at": timezone.now()})
+    client = logged_in(Client(), "alice", secret)
+    client.user = user
+    return client
+
+
 def with_file(message, name: str, kind: str = "pdf", mime: str = "application/pdf"):
     """message, now with a file of that name that this node holds (as a page shows it)."""
     from messaging.models import Attachment
