@@ -21,7 +21,7 @@ from peers import protocol
 from peers.auth import KnownNode, write_transaction
 from peers.models import PeerNode
 
-from . import files, live
+from . import files, groups, live
 from .locks import HeldLock, lock_expires_in_s, node_lock
 from .models import Attachment, DestinationState, Message, Outbox
 from .outbox import (
@@ -43,7 +43,13 @@ INBOX_PATH = "/api/v1/inbox"
 # fetch: these per-envelope refusals are retried with backoff instead of failing at once.
 # Refusals that a directory catching up can cure (the sender's keys, node or record).
 RETRYABLE_CODES = frozenset(
-    {"unknown_sender", "sender_not_on_node", "bad_envelope_signature", "record_expired"}
+    {
+        "unknown_sender",
+        "sender_not_on_node",
+        "bad_envelope_signature",
+        "record_expired",
+        "group_behind",  # the home node's records reach that node first, then this
+    }
 )
 MAX_BATCHES_PER_RUN = 200
 BATCH_BODY_HEADROOM_BYTES = 4096
@@ -244,6 +250,7 @@ def _apply_answer(
         if resealed:
             chosen = Outbox.objects.filter(id__in=[r.id for r in resealed])
             again = reseal(chosen, now=now)
+            groups.reseal([r for r in resealed if r.kind == "group_message"], now=now)
             receipts, dropped = reseal_receipts(chosen, now=now)
             moved = {r.id: r.destination for r in again + receipts if r.destination != node}
             gone = {r.id for r in dropped}
@@ -251,7 +258,14 @@ def _apply_answer(
         if delivered:
             # FAILED too: the sweeper may have expired a row whose batch was in flight;
             # a verified acknowledgement is the truth.
-            acknowledged = [r.message_id for r in delivered.values() if r.message_id]
+            acknowledged = [
+                r.message_id
+                for r in delivered.values()
+                if r.message_id and r.kind not in groups.GROUP_ROW_KINDS
+            ]
+            groups.acknowledged(
+                [r for r in delivered.values() if r.kind in groups.GROUP_ROW_KINDS], now=now
+            )
             # A message with a file is delivered once the recipient's node holds the file
             # (its "fetched" receipt); until then it has only been sent.
             with_file = set(
@@ -272,7 +286,9 @@ def _apply_answer(
             Message.objects.filter(
                 id__in=[r.message_id for r in group if r.message_id],
                 status=Message.Status.QUEUED,
+                group__isnull=True,
             ).update(status=Message.Status.FAILED, error=code)
+            groups.refused([r for r in group if r.kind in groups.GROUP_ROW_KINDS], code, now=now)
             Outbox.objects.filter(id__in=[r.id for r in group if r.message_id]).update(
                 failed_at=now, last_error=code
             )
@@ -405,16 +421,27 @@ def sweep_outbox() -> list[str]:
     now = timezone.now()
     cutoff = now - timedelta(seconds=settings.DELIVERY_MAX_AGE_S)
     expired = list(
-        Outbox.objects.filter(failed_at__isnull=True, queued_at__lt=cutoff).values_list(
-            "id", "message_id"
-        )
+        Outbox.objects.filter(failed_at__isnull=True, queued_at__lt=cutoff)
+        .exclude(kind="group_record")  # a group's changes wait for its member's node
+        .values_list("id", "message_id")
     )
     if expired:
         owners = live.owners(m for _, m in expired if m)
         with transaction.atomic():
             Message.objects.filter(
-                id__in=[m for _, m in expired if m], status=Message.Status.QUEUED
+                id__in=[m for _, m in expired if m],
+                status=Message.Status.QUEUED,
+                group__isnull=True,
             ).update(status=Message.Status.FAILED, error="expired")
+            groups.refused(
+                list(
+                    Outbox.objects.filter(
+                        id__in=[o for o, _ in expired], kind__in=groups.GROUP_ROW_KINDS
+                    )
+                ),
+                "expired",
+                now=now,
+            )
             Outbox.objects.filter(id__in=[o for o, m in expired if m]).update(
                 failed_at=now, last_error="expired"
             )

@@ -42,6 +42,13 @@ class Message(models.Model):
     delivered_at = models.DateTimeField(null=True, blank=True)
     read_at = models.DateTimeField(null=True, blank=True)
     error = models.CharField(max_length=64, blank=True)
+    # A group message: peer_username is group_conversation_key(group id), and every copy
+    # (the sender's, each recipient's) holds the message's id on the wire here; a
+    # recipient's envelope_id is derived from it and their name (several may be local).
+    group = models.ForeignKey(
+        "Group", null=True, blank=True, on_delete=models.CASCADE, related_name="messages"
+    )
+    group_message_id = models.UUIDField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -196,3 +203,114 @@ class MessageSearch(models.Model):
 
     def __str__(self) -> str:
         return f"search entry of message {self.message_id}"
+
+
+class Group(models.Model):
+    """A group conversation as this node knows it: the state after its changes up to seq
+    (peers.groups.apply of its GroupRecords in order). Members, current and former, are
+    GroupMember rows."""
+
+    group_id = models.UUIDField(unique=True)
+    home_node = models.CharField(max_length=63, help_text="its creator's node: it numbers changes")
+    name = models.CharField(max_length=100)
+    seq = models.PositiveIntegerField(help_text="the last change applied")
+    head = models.CharField(max_length=64, help_text="sha256 of the last sequence record")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def conversation_key(self) -> str:
+        return group_conversation_key(self.group_id)
+
+
+GROUP_KEY_PREFIX = "group:"  # never a username (usernames have no colon)
+
+
+def group_conversation_key(group_id) -> str:
+    """What a group message holds as its peer_username: the conversation it belongs to."""
+    return f"{GROUP_KEY_PREFIX}{group_id}"
+
+
+class GroupRecord(models.Model):
+    """One numbered change of a group: the author's signed event and the home node's
+    signed sequence record, exactly as received (or made), kept to send to nodes that
+    join later."""
+
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="records")
+    seq = models.PositiveIntegerField()
+    event_raw = models.BinaryField()
+    event_sig = models.BinaryField(max_length=64)
+    record_raw = models.BinaryField()
+    record_sig = models.BinaryField(max_length=64)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["group", "seq"], name="unique_group_record_seq")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group_id} #{self.seq}"
+
+
+class GroupMember(models.Model):
+    """One span of a person's membership: from the change that added them to the one
+    that removed them (left_seq), open while they are a member."""
+
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="members")
+    username = models.CharField(max_length=150)
+    node = models.CharField(max_length=63)
+    admin = models.BooleanField(default=False)
+    joined_seq = models.PositiveIntegerField()
+    left_seq = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["group", "username", "joined_seq"], name="unique_group_member_span"
+            )
+        ]
+        indexes = [models.Index(fields=["username", "left_seq"], name="group_member_of")]
+
+    def __str__(self) -> str:
+        return f"{self.username}@{self.node} in {self.group_id}"
+
+
+class GroupNodeSync(models.Model):
+    """On a group's home node: how many of its records each other node has been sent."""
+
+    group = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="synced")
+    node = models.CharField(max_length=63)
+    sent_seq = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["group", "node"], name="unique_group_node_sync")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.group_id} → {self.node} up to {self.sent_seq}"
+
+
+class GroupDelivery(models.Model):
+    """The sender's view of one recipient of a group message: delivered (their node
+    acknowledged it), read, or failed (their node refused it or stayed away too long)."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="deliveries")
+    username = models.CharField(max_length=150)
+    node = models.CharField(max_length=63)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        verbose_name_plural = "group deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["message", "username"], name="unique_group_delivery_recipient"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.message_id} → {self.username}"

@@ -19,7 +19,7 @@ from accounts.queries import local_people
 from peers.models import DirectoryUser
 from peers.queries import directory_freshness
 
-from .models import Attachment, Message, Outbox
+from .models import GROUP_KEY_PREFIX, Attachment, Group, GroupMember, Message, Outbox
 
 PAGE_SIZE = 50
 STATUS_WINDOW = 200  # how many of one's latest sent messages a poll reports statuses for
@@ -346,6 +346,8 @@ class ConversationRow:
     created_ms: int  # the sender's clock: the page shows it in the reader's time zone
     stored_at: datetime  # shown without JavaScript, as on a message bubble
     unread: int
+    url: str = ""  # the conversation's page
+    is_group: bool = False
 
 
 @dataclass(frozen=True)
@@ -362,23 +364,91 @@ def conversation_list(*, owner: User, limit: int = CONVERSATIONS_MAX) -> Convers
     capped = len(latest) > limit
     latest = latest[:limit]
     unread = unread_counts(owner=owner)
-    who = people([m.peer_username for m in latest])
+    keys = [m.peer_username for m in latest]
+    who = people([k for k in keys if not k.startswith(GROUP_KEY_PREFIX)])
+    groups = _groups_of(owner, keys)
     rows = []
     for message in latest:
+        key = message.peer_username
+        group = groups.pop(key, None)
+        if group is None and key.startswith(GROUP_KEY_PREFIX):
+            continue  # a group this node no longer has (not one of the person's)
         preview, is_file = message_preview(message)
+        if group is not None and message.direction == Message.Direction.IN:
+            preview = f"{message.sender_username}: {preview}"
         rows.append(
             ConversationRow(
-                username=message.peer_username,
-                person=who[message.peer_username],
+                username=key,
+                person=group[0] if group else who[key],
                 preview=preview,
                 is_file=is_file,
                 is_own=message.direction == Message.Direction.OUT,
                 created_ms=message.created_ms,
                 stored_at=message.stored_at,
-                unread=unread.get(message.peer_username, 0),
+                unread=unread.get(key, 0),
+                url=group[1] if group else reverse("messaging:conversation", args=[key]),
+                is_group=group is not None,
+            )
+        )
+    for key, (person, url, created) in groups.items():  # groups without a message yet
+        if len(rows) >= limit:
+            break
+        rows.append(
+            ConversationRow(
+                username=key,
+                person=person,
+                preview="No messages yet",
+                is_file=False,
+                is_own=False,
+                created_ms=int(created.timestamp() * 1000),
+                stored_at=created,
+                unread=0,
+                url=url,
+                is_group=True,
             )
         )
     return ConversationList(rows=rows, total_unread=sum(unread.values()), capped=capped)
+
+
+def conversations_named(owner: User, keys: list[str]) -> dict[str, tuple[Person, str]]:
+    """Who (or which group) each conversation key is, and its page's address."""
+    who = people([k for k in keys if not k.startswith(GROUP_KEY_PREFIX)])
+    result = {k: (p, reverse("messaging:conversation", args=[k])) for k, p in who.items()}
+    for key, (person, url, _) in _groups_of(owner, keys).items():
+        if key in keys:
+            result[key] = (person, url)
+    for key in keys:  # a group this node does not have
+        result.setdefault(key, (Person(name="a former group", office="", status="unknown"), ""))
+    return result
+
+
+def _groups_of(owner: User, keys: list[str]) -> dict[str, tuple[Person, str, datetime]]:
+    """The groups of owner's conversations (and those they are in without messages), as
+    the home lists them: name, members, page address."""
+    from peers.client import local_identity
+    from peers.identity import NotJoined
+
+    try:
+        here = local_identity().name
+    except NotJoined:
+        return {}
+    mine = GroupMember.objects.filter(
+        username=owner.username, node=here, left_seq__isnull=True
+    ).values("group_id")
+    wanted = [k[len(GROUP_KEY_PREFIX) :] for k in keys if k.startswith(GROUP_KEY_PREFIX)]
+    rows = (
+        Group.objects.filter(Q(id__in=mine) | Q(group_id__in=wanted))
+        .annotate(size=Count("members", filter=Q(members__left_seq__isnull=True)))
+        .order_by("-id")
+    )
+    return {
+        g.conversation_key: (
+            Person(name=g.name, office=f"group · {g.size} members", status="group"),
+            reverse("messaging:group", args=[g.group_id]),
+            g.created_at,
+        )
+        for g in rows
+    }
 
 
 def delivery_health() -> dict[str, Any]:

@@ -17,7 +17,7 @@ from peers import directory, protocol
 from peers.auth import KnownNode, write_transaction
 from peers.models import DirectoryUser
 
-from . import files, live
+from . import files, groups, live
 from .content import (
     READ_RECEIPT_MAX_IDS,
     FileFields,
@@ -113,6 +113,8 @@ class CheckedBatch:
     fetched: list[tuple[str, str, str, str]] = field(default_factory=list)
     fetched_outcomes: dict[int, str] = field(default_factory=dict)  # message id: outcome
     owners: live.Owners = field(default_factory=dict)  # of the messages receipts change
+    groups: groups.Staged = field(default_factory=groups.Staged)
+    group_read_ids: list[int] = field(default_factory=list)  # sender's messages now read
 
 
 def check_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) -> CheckedBatch:
@@ -149,6 +151,10 @@ def check_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) ->
                 raise protocol.ProtocolError(
                     "sender_not_on_node", "the envelope's sender node is not the calling node"
                 )
+            if envelope.kind == "group_record":  # signed by the calling (home) node
+                protocol.verify_envelope(from_node.verify_key, envelope.raw, item.signature)
+                _check_group(batch, envelope, known, local_name=local_name, node_key=node_key)
+                continue
             if envelope.sender in local_names:
                 raise protocol.ProtocolError(
                     "sender_is_local_name", "the sender's name is a person of this node", 403
@@ -167,6 +173,11 @@ def check_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) ->
                 raise protocol.ProtocolError(
                     "wrong_recipient_node", "the envelope is addressed to another node"
                 )
+            if envelope.kind in protocol.GROUP_ENVELOPE_KINDS:
+                _check_group(
+                    batch, envelope, known, local_name=local_name, node_key=node_key, sender=sender
+                )
+                continue
             recipient = recipients.get(envelope.recipient)
             if recipient is None:
                 raise protocol.ProtocolError("unknown_recipient", "no such person on this node")
@@ -212,8 +223,61 @@ def check_envelopes(items: list[protocol.BatchItem], *, from_node: KnownNode) ->
     for reader, author, envelope_id, outcome in batch.fetched:
         for message_id in _waiting_for_file(reader=reader, author=author, envelope_id=envelope_id):
             batch.fetched_outcomes[message_id] = outcome
-    batch.owners = live.owners([*batch.read_message_ids, *batch.fetched_outcomes])
+    batch.owners = live.owners(
+        [*batch.read_message_ids, *batch.fetched_outcomes, *batch.group_read_ids]
+    )
     return batch
+
+
+def _check_group(
+    batch: CheckedBatch,
+    envelope: protocol.Envelope,
+    known: dict[str, _Stored],
+    *,
+    local_name: str,
+    node_key: Any,
+    sender: _SenderKeys | None = None,
+) -> None:
+    """A group envelope whose sender (person or home node) is verified: checked by
+    messaging.groups, its writes staged; acknowledged once, again when sent again."""
+    if envelope.recipient_node != local_name:
+        raise protocol.ProtocolError(
+            "wrong_recipient_node", "the envelope is addressed to another node"
+        )
+    digest = protocol.sha256_hex(envelope.raw)
+    stored = known.get(envelope.id)
+    if stored is not None:
+        if (stored.sender, stored.sender_node, stored.kind) != (
+            envelope.sender,
+            envelope.sender_node,
+            envelope.kind,
+        ):
+            raise _id_conflict()
+        # The same envelope, or its sender sealed it again (keys changed) after the first
+        # copy arrived: the stored bytes are acknowledged, which the sender kept.
+        batch.acks.append(protocol.sign_ack_for_digest(node_key, envelope.id, stored.sha256))
+        return
+    if envelope.kind == "group_record":
+        groups.check_record(batch.groups, envelope, from_node=envelope.sender_node)
+    elif envelope.kind == "group_event":
+        groups.check_event(batch.groups, envelope, sender_sign_key=sender.sign_key)
+    elif envelope.kind == "group_message":
+        batch.messages.extend(
+            groups.check_message(batch.groups, envelope, sender_box_key=sender.box_key)
+        )
+    else:
+        batch.group_read_ids.extend(groups.check_read(batch.groups, envelope))
+    batch.received.append(
+        ReceivedEnvelope(
+            envelope_id=envelope.id,
+            sha256=digest,
+            kind=envelope.kind,
+            sender=envelope.sender,
+            sender_node=envelope.sender_node,
+        )
+    )
+    known[envelope.id] = _Stored(digest, envelope.sender, envelope.sender_node, envelope.kind)
+    batch.acks.append(protocol.sign_ack(node_key, envelope.id, envelope.raw))
 
 
 def store_envelopes(*, batch: CheckedBatch) -> dict:
@@ -223,6 +287,7 @@ def store_envelopes(*, batch: CheckedBatch) -> dict:
         try:
             with transaction.atomic():
                 ReceivedEnvelope.objects.bulk_create(batch.received)
+                batch.groups.store()  # before the messages: a new group's row first
                 Message.objects.bulk_create(batch.messages)
                 _store_files(batch)
                 _mark_read(sorted(batch.read_message_ids), now=timezone.now())
@@ -230,7 +295,7 @@ def store_envelopes(*, batch: CheckedBatch) -> dict:
                 stored = {m.id: (m.owner_id, m.peer_username) for m in batch.messages}
                 live.announce(stored, "new", known=stored)
                 live.announce(
-                    [*batch.read_message_ids, *batch.fetched_outcomes],
+                    [*batch.read_message_ids, *batch.fetched_outcomes, *batch.group_read_ids],
                     "status",
                     known=batch.owners,
                 )

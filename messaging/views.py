@@ -432,10 +432,18 @@ def search_view(request: HttpRequest) -> HttpResponse:
     page = search.search_messages(
         owner=request.user, text=text, peer_username=with_username, before_id=before
     )
-    who = queries.people(sorted({hit.message.peer_username for hit in page.hits}))
+    who = queries.conversations_named(
+        request.user, sorted({hit.message.peer_username for hit in page.hits})
+    )
     hit_template = get_template("messaging/_search_hit.html")
     hits_html = "".join(
-        hit_template.render({"hit": hit, "person": who[hit.message.peer_username]})
+        hit_template.render(
+            {
+                "hit": hit,
+                "person": who[hit.message.peer_username][0],
+                "url": who[hit.message.peer_username][1],
+            }
+        )
         for hit in page.hits
     )
     more_url = ""

@@ -2,7 +2,7 @@
 take effect in, the state they make, and a group message's content encrypted once with a
 key sealed to each recipient.
 
-The protocol layer only: no node sends or accepts these yet (docs/protocol.md, "Groups").
+messaging.groups stores, sends and receives them (docs/protocol.md, "Groups").
 
 Order. A group has a home node: its creator's. An admin signs a change (an event) and
 sends it to the home node, which checks it against the group's current state and, if it
@@ -457,3 +457,112 @@ def decode_wraps(value: object) -> dict[str, bytes]:
     return {
         validate_username(username): b64d(wrap, field="wraps") for username, wrap in value.items()
     }
+
+
+# --- the bodies of group envelopes (peers.protocol.parse_envelope checks the rest) -------
+MAX_READ_IDS = 500
+
+
+def _exact(body: Mapping[str, Any], fields: set[str], *, kind: str) -> None:
+    if set(body) != fields:
+        raise _refuse("invalid_field", f"a {kind} body is {{{', '.join(sorted(fields))}}}")
+
+
+@dataclass(frozen=True)
+class SignedChange:
+    """An event with its author's signature and, once numbered, the home node's record."""
+
+    event: GroupEvent
+    event_sig: bytes
+    record: SequenceRecord | None = None
+    record_sig: bytes | None = None
+
+
+def event_body(event_raw: bytes, event_sig: bytes) -> dict[str, str]:
+    return {"event": b64e(event_raw), "event_sig": b64e(event_sig)}
+
+
+def record_body(
+    event_raw: bytes, event_sig: bytes, record_raw: bytes, record_sig: bytes
+) -> dict[str, str]:
+    return {
+        **event_body(event_raw, event_sig),
+        "record": b64e(record_raw),
+        "record_sig": b64e(record_sig),
+    }
+
+
+def parse_change_body(body: Mapping[str, Any], *, kind: str) -> SignedChange:
+    """A group_event body (an event to number) or a group_record body (a numbered one);
+    signatures are the receiver's to check, against keys it knows."""
+    numbered = kind == "group_record"
+    fields = {"event", "event_sig"} | ({"record", "record_sig"} if numbered else set())
+    _exact(body, fields, kind=kind)
+    event = parse_event(b64d(body["event"], field="event"))
+    event_sig = b64d(body["event_sig"], field="event_sig", length=64)
+    if not numbered:
+        return SignedChange(event, event_sig)
+    record = parse_sequence_record(b64d(body["record"], field="record"))
+    record_sig = b64d(body["record_sig"], field="record_sig", length=64)
+    return SignedChange(event, event_sig, record, record_sig)
+
+
+@dataclass(frozen=True)
+class MessageBody:
+    group: str
+    message: str  # the message's id, the same in every node's envelope
+    at_seq: int  # the sender's node had applied the group's changes up to this one
+    ciphertext: bytes
+    wraps: Mapping[str, bytes]  # the key sealed to each recipient on the receiving node
+
+
+def message_body(
+    *, group: str, message: str, at_seq: int, ciphertext: bytes, wraps: Mapping[str, bytes]
+) -> dict[str, Any]:
+    return {
+        "group": group,
+        "message": message,
+        "at_seq": at_seq,
+        "ciphertext": b64e(ciphertext),
+        "wraps": encode_wraps(wraps),
+    }
+
+
+def parse_message_body(body: Mapping[str, Any]) -> MessageBody:
+    _exact(body, {"group", "message", "at_seq", "ciphertext", "wraps"}, kind="group_message")
+    at_seq = body["at_seq"]
+    if not isinstance(at_seq, int) or isinstance(at_seq, bool) or not 1 <= at_seq < 2**31:
+        raise _refuse("invalid_field", "at_seq must be a positive integer")
+    wraps = decode_wraps(body["wraps"])
+    if not wraps:
+        raise _refuse("invalid_field", "a group message names at least one recipient")
+    return MessageBody(
+        group=_uuid(body["group"], field_name="group"),
+        message=_uuid(body["message"], field_name="message"),
+        at_seq=at_seq,
+        ciphertext=b64d(body["ciphertext"], field="ciphertext"),
+        wraps=wraps,
+    )
+
+
+@dataclass(frozen=True)
+class ReadBody:
+    group: str
+    author: str
+    ids: tuple[str, ...]  # message ids the sender of the receipt has read
+
+
+def read_body(*, group: str, author: str, ids: Iterable[str]) -> dict[str, Any]:
+    return {"group": group, "author": author, "ids": sorted(ids)}
+
+
+def parse_read_body(body: Mapping[str, Any]) -> ReadBody:
+    _exact(body, {"group", "author", "ids"}, kind="group_read")
+    ids = body["ids"]
+    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_READ_IDS:
+        raise _refuse("invalid_field", f"ids lists 1 to {MAX_READ_IDS} message ids")
+    return ReadBody(
+        group=_uuid(body["group"], field_name="group"),
+        author=validate_username(body["author"]),
+        ids=tuple(_uuid(i, field_name="ids") for i in ids),
+    )

@@ -39,7 +39,10 @@ MAX_ENVELOPE_BYTES = 64 * 1024
 MAX_BATCH_ENVELOPES = 500
 MAX_CREATED_MS = 2**53  # fits every database integer and a JavaScript number
 # "fetched": the recipient's node reports that it holds (or refused) a message's file.
-ENVELOPE_KINDS = frozenset({"message", "read", "fetched"})
+# Group envelopes (see peers.groups): no single recipient, their own body instead of a
+# ciphertext. group_record is signed by the group's home node, the others by a person.
+GROUP_ENVELOPE_KINDS = frozenset({"group_event", "group_record", "group_message", "group_read"})
+ENVELOPE_KINDS = frozenset({"message", "read", "fetched"}) | GROUP_ENVELOPE_KINDS
 
 # Always fullmatch: re.match with "$" would accept a trailing newline ("alice\n").
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
@@ -420,6 +423,7 @@ class Envelope:
     created_ms: int
     ciphertext: bytes
     raw: bytes
+    body: dict[str, Any] | None = None  # a group envelope's body (recipient and ciphertext empty)
 
 
 @dataclass(frozen=True)
@@ -486,8 +490,25 @@ def parse_envelope(raw: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelo
     if kind not in ENVELOPE_KINDS:
         raise _fail("invalid_field", f"kind must be one of {sorted(ENVELOPE_KINDS)}")
     created_ms = require(obj, "created_ms", int)
-    if not 0 <= created_ms < MAX_CREATED_MS:
+    if isinstance(created_ms, bool) or not 0 <= created_ms < MAX_CREATED_MS:
         raise _fail("invalid_field", "created_ms must be a positive 53-bit integer")
+    if kind in GROUP_ENVELOPE_KINDS:
+        fields = {"v", "id", "kind", "sender_node", "recipient_node", "created_ms", "body"}
+        if kind != "group_record":
+            fields.add("sender")
+        _exact_fields(obj, frozenset(fields), what=f"a {kind} envelope")
+        return Envelope(
+            id=envelope_id,
+            kind=kind,
+            sender="" if kind == "group_record" else validate_username(obj["sender"]),
+            sender_node=validate_node_name(require(obj, "sender_node", str)),
+            recipient="",
+            recipient_node=validate_node_name(require(obj, "recipient_node", str)),
+            created_ms=created_ms,
+            ciphertext=b"",
+            raw=raw,
+            body=require(obj, "body", dict),
+        )
     return Envelope(
         id=envelope_id,
         kind=kind,
@@ -499,6 +520,35 @@ def parse_envelope(raw: bytes, *, max_bytes: int = MAX_ENVELOPE_BYTES) -> Envelo
         ciphertext=b64d(require(obj, "ciphertext", str), field="ciphertext"),
         raw=raw,
     )
+
+
+def sign_group_envelope(
+    sign_key: SigningKey,
+    *,
+    envelope_id: str,
+    kind: str,
+    sender: str,
+    sender_node: str,
+    recipient_node: str,
+    created_ms: int,
+    body: dict[str, Any],
+) -> SignedEnvelope:
+    """A group envelope's bytes, signed by its sender person (or, for group_record, by
+    the home node: sender is then "")."""
+    obj: dict[str, Any] = {
+        "v": VERSION,
+        "id": envelope_id,
+        "kind": kind,
+        "sender_node": sender_node,
+        "recipient_node": recipient_node,
+        "created_ms": created_ms,
+        "body": body,
+    }
+    if kind != "group_record":
+        obj["sender"] = sender
+    raw = canonical_json(obj)
+    parse_envelope(raw)
+    return SignedEnvelope(raw=raw, signature=sign_key.sign(DOMAIN_ENVELOPE + raw).signature)
 
 
 def verify_envelope(sender_sign_key: bytes, raw: bytes, signature: bytes) -> None:
