@@ -2,7 +2,7 @@ from django.urls import path
 
 from p2psocial import converters  # noqa: F401  (registers <username:...>)
 
-from . import group_views, peer_api, views
+from . import group_api, group_views, peer_api, views
 
 app_name = "messaging"
 urlpatterns = [
@@ -22,6 +22,7 @@ urlpatterns = [
         group_views.group_messages_json,
         name="group_messages_json",
     ),
+    path("groups/<uuid:group_id>/state.json", group_api.group_state_json, name="group_state"),
     path("groups/<uuid:group_id>/read/", group_views.group_mark_read, name="group_mark_read"),
     path("groups/<uuid:group_id>/change/", group_views.group_change, name="group_change"),
     path(
