@@ -16,11 +16,12 @@ from .views import _json_error
 @require_GET
 def group_state_json(request: HttpRequest, group_id) -> JsonResponse:
     """{"name", "home_node", "seq", "head", "members": [{"username", "node", "admin"}]}
-    for a member or former member of the group on this node; 404 JSON for anyone else."""
+    for a member of the group on this node; 404 JSON for anyone else (a former member
+    too: what the group became since is not theirs to see)."""
     if not (request.user.is_authenticated and request.user.is_verified()):
         return _json_error("login_required", "Log in to continue.", 401)
     group = groups.group_for(request.user, group_id)
-    if group is None:
+    if group is None or not groups.is_member(group, request.user.username):
         return _json_error("unknown_group", "There is no such group.", 404)
     members = GroupMember.objects.filter(group=group, left_seq__isnull=True).order_by("username")
     return JsonResponse(

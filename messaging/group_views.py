@@ -7,21 +7,25 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.models import User
+from peers.groups import MAX_GROUP_MEMBERS, MAX_GROUP_NAME_CHARS
 
-from . import groups, queries
+from . import errors, files, groups, queries
 from .errors import MessagingError
 from .models import Group, GroupDelivery, GroupMember, Message
 from .outbox import local_node_name
-from .views import _int_param, _json_error
+from .views import _csrf_check, _int_param, _json_error, _wants_json
 
-MAX_NEW_MEMBERS = 64  # people picked on one form
+TYPED_NAMES_SHOWN_CHARS = 4000  # the names field's maxlength: what a refused form shows again
 
 
 def _group_or_404(user: User, group_id) -> Group:
@@ -32,23 +36,32 @@ def _group_or_404(user: User, group_id) -> Group:
 
 
 def _usernames(request: HttpRequest) -> list[str]:
-    """The people picked on a form: ticked boxes and names typed, comma separated."""
-    names = request.POST.getlist("member")[:MAX_NEW_MEMBERS]
-    typed = request.POST.get("names", "")[:4000]
+    """The people picked on a form: ticked boxes and names typed (comma or line separated),
+    each once. Never cut short silently: one more than a group holds is kept, so that the
+    service refuses too many with its own words instead of making a smaller group."""
+    names = request.POST.getlist("member")
+    typed = request.POST.get("names", "")
     names += [n.strip().lstrip("@") for n in typed.replace("\n", ",").split(",")]
-    return list(dict.fromkeys(n for n in names if n))[:MAX_NEW_MEMBERS]
+    return list(dict.fromkeys(n for n in names if n))[: MAX_GROUP_MEMBERS + 1]
 
 
 def bubbles(viewer: User, group: Group, messages: list[Message]) -> list[dict]:
     """What templates/messaging/_message.html draws of group messages: as one-to-one
     bubbles, with the sender's name and, for one's own, how far each got."""
     summary = groups.delivery_summary(m.id for m in messages if m.direction == "out")
-    names = queries.people(sorted({m.sender_username for m in messages}))
+    # One query: the page's messages come without sender_username (deferred), and reading
+    # it from each would cost a query per bubble.
+    senders = dict(
+        Message.objects.filter(id__in=[m.id for m in messages if m.direction == "in"]).values_list(
+            "id", "sender_username"
+        )
+    )
+    names = queries.people(sorted(set(senders.values())))
     return [
         {
             **queries.message_bubble(m),
             "group": group,
-            "sender": names[m.sender_username],
+            "sender": names[senders[m.id]] if m.id in senders else None,
             "summary": summary.get(m.id),
         }
         for m in messages
@@ -73,10 +86,11 @@ def _members(group: Group) -> list[dict]:
 @require_http_methods(["GET", "POST"])
 def new_group(request: HttpRequest) -> HttpResponse:
     error, status = None, 200
-    name = ""
+    name, typed = "", ""
     chosen: list[str] = []
     if request.method == "POST":
         name = request.POST.get("name", "")[:400]
+        typed = request.POST.get("names", "")[:TYPED_NAMES_SHOWN_CHARS]
         chosen = _usernames(request)
         try:
             group = groups.create_group(creator=request.user, name=name, usernames=chosen)
@@ -92,9 +106,11 @@ def new_group(request: HttpRequest) -> HttpResponse:
     context = {
         "error": error,
         "name": name,
+        "typed": typed,
         "chosen": set(chosen),
         "candidates": [(u, who[u]) for u in candidates[:500] if u != request.user.username],
-        "max_name": 100,
+        "max_name": MAX_GROUP_NAME_CHARS,
+        "max_typed": TYPED_NAMES_SHOWN_CHARS,
     }
     return render(request, "messaging/group_new.html", context, status=status)
 
@@ -140,7 +156,8 @@ def group_page(request: HttpRequest, group_id) -> HttpResponse:
         page = queries.conversation_page(
             owner=request.user, peer_username=group.conversation_key, before_id=before
         )
-    members = _members(group)
+    # A former member keeps what they received, not a view of the group since.
+    members = _members(group) if member else []
     me = next((m["row"] for m in members if m["row"].username == request.user.username), None)
     context = {
         "group": group,
@@ -153,6 +170,7 @@ def group_page(request: HttpRequest, group_id) -> HttpResponse:
         "error": error,
         "draft": draft,
         "max_chars": settings.MESSAGE_MAX_CHARS,
+        "file_max_bytes": settings.FILE_MAX_BYTES,
         "last_id": max((m.id for m in page.messages), default=0),
         "is_latest": before is None and at is None,
         "found_id": at,
@@ -196,7 +214,12 @@ def group_messages_json(request: HttpRequest, group_id) -> JsonResponse:
                 for b in bubbles(request.user, group, new)
             ],
             "statuses": {str(k): _status_marker(summary.get(k), v) for k, v in statuses.items()},
-            "files": {},
+            "files": {
+                str(k): v
+                for k, v in queries.recent_file_states(
+                    owner=request.user, peer_username=key
+                ).items()
+            },
             "rendered": {str(b["m"].id): html(b) for b in bubbles(request.user, group, redrawn)},
         },
         json_dumps_params={"ensure_ascii": False},
@@ -221,6 +244,13 @@ def group_mark_read(request: HttpRequest, group_id) -> JsonResponse:
         up_to = None
     if up_to is None:
         return _json_error("invalid_field", "up_to must be a message id", 400)
+    if (
+        queries.conversation_position(
+            owner=request.user, peer_username=group.conversation_key, message_id=up_to
+        )
+        is None
+    ):
+        return _json_error("unknown_message", "No such message in this group.", 404)
     count = groups.mark_group_read(viewer=request.user, group=group, up_to_id=up_to)
     still_unread = queries.unread_message_ids(
         owner=request.user, peer_username=group.conversation_key
@@ -287,6 +317,10 @@ def group_message_detail(request: HttpRequest, group_id, message_id: int) -> Htt
 @require_POST
 def group_retry(request: HttpRequest, group_id, message_id: int) -> HttpResponse:
     group = _group_or_404(request.user, group_id)
+    if not Message.objects.filter(
+        id=message_id, owner=request.user, group=group, direction=Message.Direction.OUT
+    ).exists():
+        raise Http404("No such message of yours in this group.")
     try:
         groups.retry_member(
             owner=request.user, message_id=message_id, username=request.POST.get("username", "")
@@ -296,3 +330,58 @@ def group_retry(request: HttpRequest, group_id, message_id: int) -> HttpResponse
     else:
         flash.success(request, "Sent again to that member's office.")
     return redirect("messaging:group_message", group_id=group.group_id, message_id=message_id)
+
+
+@csrf_exempt  # checked in _group_upload: the middleware would read the body first
+@never_cache
+def group_upload(request: HttpRequest, group_id) -> HttpResponse:
+    """POST one file (field "file") with an optional caption ("text") to the group, as
+    messaging.views.upload does for a conversation: encrypted as it arrives, its type told
+    from its bytes; JSON for the page's script, a redirect for a plain form. Whatever goes
+    wrong, nothing of the file is left behind."""
+    handler = files.EncryptingUploadHandler(request)
+    request.upload_handlers = [handler]
+    try:
+        return _group_upload(request, group_id, handler)
+    except MessagingError as exc:
+        handler.discard()
+        if _wants_json(request):
+            return _json_error(exc.code, exc.message, exc.status)
+        flash.error(request, exc.message)
+        return redirect("messaging:group", group_id=group_id)
+    except BaseException:
+        handler.discard()
+        raise
+
+
+def _group_upload(
+    request: HttpRequest, group_id, handler: files.EncryptingUploadHandler
+) -> HttpResponse:
+    if request.method != "POST":
+        return _json_error("method_not_allowed", "use POST", 405)
+    if not (request.user.is_authenticated and request.user.is_verified()):
+        return _json_error("login_required", "Log in to continue.", 401)
+    group = groups.group_for(request.user, group_id)
+    if group is None:
+        return _json_error("unknown_group", "There is no such group.", 404)
+    try:
+        caption = request.POST.get("text", "")  # the body, through the handler
+    except (RequestDataTooBig, TooManyFieldsSent, MultiPartParserError):
+        raise errors.FileRefused("The upload could not be read; please try again.") from None
+    refused = _csrf_check.process_view(request, None, (), {})
+    if refused is not None:  # a cross-site form: nothing it sent is kept
+        handler.discard()
+        return refused
+    if not handler.uploads:
+        raise errors.FileRefused("Choose a file to send.")
+    upload = files.finish_upload(handler.uploads.pop())
+    message = groups.send_group_message(
+        sender=request.user, group=group, text=caption, upload=upload
+    )
+    if _wants_json(request):
+        return JsonResponse(
+            {"message": queries.message_json(message)},
+            status=201,
+            json_dumps_params={"ensure_ascii": False},
+        )
+    return redirect("messaging:group", group_id=group.group_id)

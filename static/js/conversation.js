@@ -222,6 +222,16 @@
   // while it is (a reconnect catches up by itself: the poll asks for everything after
   // lastId and for the statuses of the latest messages).
   var SAFETY_POLL_MS = 30000;
+  // "conversation.group": a group's name or members changed (only a group page's data-peer,
+  // "group:<id>", is the peer of such an event; one-to-one pages never see one). The page
+  // is drawn again, members and all, unless a message is being written there: that would
+  // be lost, and sending it draws the page again anyway.
+  function groupChanged() {
+    var box = document.getElementById("compose-text");
+    if (box && box.value.trim()) return false;
+    window.location.reload();
+    return true;
+  }
   var streamOpen = false;
   var sincePoll = 0;
   var peer = root.dataset.peer;
@@ -230,6 +240,7 @@
     document.addEventListener("p2p:event", function (event) {
       var detail = event.detail || {};
       if (detail.kind.indexOf("conversation.") === 0 && detail.data && detail.data.peer === peer) {
+        if (detail.kind === "conversation.group" && groupChanged()) return;
         sincePoll = 0;
         poll();
       }

@@ -74,7 +74,7 @@
   if (!window.EventSource) { emit("p2p:stream", { state: "closed" }); countUnread(); return; }
   var source = new EventSource(eventsUrl);
   var KINDS = ["conversation.new", "conversation.status", "conversation.file",
-               "conversation.read", "presence.changed"];
+               "conversation.read", "conversation.group", "presence.changed"];
   KINDS.forEach(function (kind) {
     source.addEventListener(kind, function (event) {
       var data = {};
