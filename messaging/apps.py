@@ -14,8 +14,17 @@ def _register_search_fold(sender, connection, **kwargs) -> None:
         connection.connection.create_function("p2p_search_fold", 1, fold, deterministic=True)
 
 
+def _resign_group_records(sender, key, **kwargs) -> None:
+    from .groups import resign_records
+
+    resign_records(key)
+
+
 class MessagingConfig(AppConfig):
     name = "messaging"
 
     def ready(self) -> None:
+        from peers.identity import node_key_rotated
+
         connection_created.connect(_register_search_fold, dispatch_uid="p2p_search_fold")
+        node_key_rotated.connect(_resign_group_records, dispatch_uid="p2p_group_records")

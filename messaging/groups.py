@@ -18,6 +18,7 @@ transaction (Staged.store), as for one-to-one envelopes (messaging.receiving).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ from typing import Any
 
 from django.db.models import Count, Q
 from django.utils import timezone
+from nacl.signing import SigningKey
 
 from accounts.keys import box_key_for, signing_key_for
 from accounts.models import User, UserKeys
@@ -33,9 +35,10 @@ from peers import groups as wire
 from peers import protocol
 from peers.auth import write_transaction
 
-from . import errors, live, queries
-from .content import check_message_payload, validate_text
+from . import errors, files, live, queries
+from .content import FileFields, check_message_payload, validate_caption, validate_text
 from .models import (
+    Attachment,
     Group,
     GroupDelivery,
     GroupMember,
@@ -258,6 +261,16 @@ def _signed_event(author: User, group_id: str, action: str, **fields: Any) -> wi
     return wire.SignedChange(wire.parse_event(raw), sig)
 
 
+# An event travels in base64 inside a group_record envelope of MAX_ENVELOPE_BYTES.
+MAX_SENDABLE_EVENT_BYTES = (protocol.MAX_ENVELOPE_BYTES - 2048) * 3 // 4
+
+
+def _sendable(change: wire.SignedChange) -> wire.SignedChange:
+    if len(change.event.raw) > MAX_SENDABLE_EVENT_BYTES:
+        raise GroupError("Too many people at once: add them in two or more steps.")
+    return change
+
+
 def _number_here(group: Group | None, change: wire.SignedChange, also=()) -> Group:
     """On the home node: number the change, store it, send it on (one transaction)."""
     with write_transaction():
@@ -285,13 +298,15 @@ def create_group(*, creator: User, name: str, usernames: Iterable[str]) -> Group
             "A group's name is 1 to 100 characters on one line, not only spaces."
         ) from None
     local_name = local_node_name()
-    others = [u for u in usernames if u != creator.username]
+    others = [u for u in dict.fromkeys(usernames) if u != creator.username]
     if not others:
         raise GroupError("Choose at least one other person for the group.")
     if len(others) >= wire.MAX_GROUP_MEMBERS:
         raise GroupError(f"A group has at most {wire.MAX_GROUP_MEMBERS} members.")
     members = _resolve_members(others, local_name=local_name)
-    change = _signed_event(creator, str(uuid.uuid4()), "create", name=name, members=members)
+    change = _sendable(
+        _signed_event(creator, str(uuid.uuid4()), "create", name=name, members=members)
+    )
     group = _number_here(None, change)
     logger.info("group created", extra={"group": str(group.group_id), "members": len(members)})
     return group
@@ -323,13 +338,15 @@ def change_group(
         fields["members"] = _resolve_members(usernames, local_name=local_name)
     elif action in ("remove", "promote", "demote"):
         names = list(dict.fromkeys(usernames))
+        if not names:
+            raise GroupError("Choose a member first.")
         unknown = [u for u in names if u not in state.members]
-        if unknown or not names:
-            raise GroupError(f"{(unknown or ['Nobody'])[0]} is not a member of this group.")
+        if unknown:
+            raise GroupError(f"{unknown[0]} is not a member of this group.")
         fields["members"] = [wire.Member(u, state.members[u].node) for u in names]
     elif action != "leave":
         raise GroupError("That change does not exist.")
-    change = _signed_event(author, str(group.group_id), action, **fields)
+    change = _sendable(_signed_event(author, str(group.group_id), action, **fields))
     # Checked here first, so that the person hears at once what the home node would say.
     try:
         record = wire.SequenceRecord(
@@ -374,6 +391,10 @@ _CHANGE_REFUSED = {
 
 
 # --- messages sent from here ---------------------------------------------------------------
+class _TooLarge(Exception):
+    """An envelope would pass MAX_ENVELOPE_BYTES."""
+
+
 def _seal_for_nodes(
     *,
     sender: User,
@@ -432,17 +453,30 @@ def _seal_for_nodes(
             ),
         )
         if len(sealed.raw) > protocol.MAX_ENVELOPE_BYTES:
-            raise GroupError("This message is too long for a group of this size.")
+            raise _TooLarge
         rows.append(
             outbox_row(sealed, envelope_id=envelope_id, kind="group_message", destination=node)
         )
     return rows, unreachable
 
 
-def send_group_message(*, sender: User, group: Group, text: str) -> Message:
-    """Store the message for its sender and one envelope per recipients' node in the
-    outbox, with a delivery row per recipient; delivery starts on commit."""
-    text = validate_text(text)
+def send_group_message(
+    *, sender: User, group: Group, text: str, upload: files.Upload | None = None
+) -> Message:
+    """Store the message (with the uploaded file, if any) for its sender and one envelope
+    per recipients' node in the outbox, with a delivery row per recipient; delivery starts
+    on commit. Each recipient's node pulls the file from here once. An upload that cannot
+    be sent is removed."""
+    try:
+        return _send(sender, group, text, upload)
+    except BaseException:
+        if upload is not None and not Attachment.objects.filter(file_id=upload.file_id).exists():
+            upload.discard()  # no orphan file: the message was not stored
+        raise
+
+
+def _send(sender: User, group: Group, text: str, upload: files.Upload | None) -> Message:
+    text = validate_caption(text) if upload is not None else validate_text(text)
     group = Group.objects.get(id=group.id)
     state = load_state(group)
     if sender.username not in state.members:
@@ -452,15 +486,26 @@ def send_group_message(*, sender: User, group: Group, text: str) -> Message:
         raise GroupError("You are the only member of this group.")
     message_id = str(uuid.uuid4())
     created_ms = now_ms()
-    rows, unreachable = _seal_for_nodes(
-        sender=sender,
-        group=group,
-        message_id=message_id,
-        at_seq=state.seq,
-        created_ms=created_ms,
-        payload={"text": text},
-        by_node=by_node,
-    )
+    rows, unreachable = [], {}
+    # A file's preview goes along when the envelopes have room for it.
+    for with_preview in (True, False) if upload is not None else (False,):
+        payload: dict[str, Any] = {"text": text}
+        if upload is not None:
+            payload["file"] = upload.fields(with_preview=with_preview).as_payload()
+        try:
+            rows, unreachable = _seal_for_nodes(
+                sender=sender,
+                group=group,
+                message_id=message_id,
+                at_seq=state.seq,
+                created_ms=created_ms,
+                payload=payload,
+                by_node=by_node,
+            )
+            break
+        except _TooLarge:
+            if not with_preview:
+                raise GroupError("This message is too long for a group of this size.") from None
     with write_transaction():
         message = Message.objects.create(
             envelope_id=message_id,
@@ -476,6 +521,9 @@ def send_group_message(*, sender: User, group: Group, text: str) -> Message:
             group=group,
             group_message_id=message_id,
         )
+        if upload is not None:
+            # node "": the nodes of its recipients may pull it (peer_api.file_blob).
+            files.attachment_for(message, upload.fields(), node="", held=True).save()
         GroupDelivery.objects.bulk_create(
             [
                 GroupDelivery(
@@ -493,8 +541,23 @@ def send_group_message(*, sender: User, group: Group, text: str) -> Message:
         Outbox.objects.bulk_create(rows)
         for row in rows:
             schedule_delivery(row.destination)
+        if unreachable:  # failed for them from the start: Retry once they are listed
+            _settle([message.id], now=timezone.now())
         live.announce([message.id], "new", known={message.id: (sender.pk, message.peer_username)})
+    message.refresh_from_db(fields=["status", "error"])
     return message
+
+
+def _payload(message: Message, *, with_preview: bool = True) -> dict[str, Any]:
+    """The payload of one's group message as it is sealed (again)."""
+    payload: dict[str, Any] = {"text": message.text}
+    attachment = Attachment.objects.filter(message=message).first()
+    if attachment is not None:
+        fields = files.file_fields(attachment)
+        if not with_preview:
+            fields = dataclasses.replace(fields, preview=None)
+        payload["file"] = fields.as_payload()
+    return payload
 
 
 def delivery_summary(message_ids: Iterable[int]) -> dict[int, dict[str, int]]:
@@ -530,11 +593,17 @@ def _settle(message_ids: Iterable[int], *, now) -> None:
         )
 
 
+def _wrapped(row: Outbox) -> list[str]:
+    """The recipients a group_message outbox row carries the key to."""
+    envelope = protocol.parse_envelope(bytes(row.raw))
+    return sorted(wire.parse_message_body(envelope.body).wraps)
+
+
 def acknowledged(rows: list[Outbox], *, now) -> None:
-    """Their nodes acknowledged these group_message envelopes: every recipient there has
-    it (in the delivery's write transaction)."""
+    """Their nodes acknowledged these group_message envelopes: each recipient the
+    envelope carries has it (in the delivery's write transaction)."""
     for row in rows:
-        GroupDelivery.objects.filter(message_id=row.message_id, node=row.destination).update(
+        GroupDelivery.objects.filter(message_id=row.message_id, username__in=_wrapped(row)).update(
             delivered_at=now, error=""
         )
     _settle({r.message_id for r in rows}, now=now)
@@ -544,7 +613,7 @@ def refused(rows: list[Outbox], code: str, *, now) -> None:
     """Their nodes refused these group_message envelopes for good (or they expired)."""
     for row in rows:
         GroupDelivery.objects.filter(
-            message_id=row.message_id, node=row.destination, delivered_at__isnull=True
+            message_id=row.message_id, username__in=_wrapped(row), delivered_at__isnull=True
         ).update(error=code[:64])
     _settle({r.message_id for r in rows}, now=now)
 
@@ -562,16 +631,22 @@ def reseal(rows: list[Outbox], *, now, keep_earlier: bool = False) -> list[Outbo
             continue
         envelope = protocol.parse_envelope(bytes(row.raw))
         body = wire.parse_message_body(envelope.body)
-        new_rows, _ = _seal_for_nodes(
-            sender=message.owner,
-            group=message.group,
-            message_id=str(message.group_message_id),
-            at_seq=body.at_seq,
-            created_ms=message.created_ms,
-            payload={"text": message.text},
-            by_node={row.destination: sorted(body.wraps)},
-            envelope_ids={row.destination: str(row.envelope_id)},
-        )
+        new_rows = []
+        for with_preview in (True, False):
+            try:
+                new_rows, _ = _seal_for_nodes(
+                    sender=message.owner,
+                    group=message.group,
+                    message_id=str(message.group_message_id),
+                    at_seq=body.at_seq,
+                    created_ms=message.created_ms,
+                    payload=_payload(message, with_preview=with_preview),
+                    by_node={row.destination: sorted(body.wraps)},
+                    envelope_ids={row.destination: str(row.envelope_id)},
+                )
+                break
+            except _TooLarge:
+                continue
         if not new_rows:
             continue
         if keep_earlier:
@@ -584,24 +659,63 @@ def reseal(rows: list[Outbox], *, now, keep_earlier: bool = False) -> list[Outbo
 
 
 def retry_member(*, owner: User, message_id: int, username: str) -> None:
-    """Send a failed group message again to the node of one of its recipients."""
-    delivery = GroupDelivery.objects.filter(
-        message__id=message_id,
-        message__owner=owner,
-        message__direction=Message.Direction.OUT,
-        username=username,
-        delivered_at__isnull=True,
-    ).first()
+    """Send a failed group message again to one of its recipients: their node's envelope
+    queued again, or, for someone nobody could seal it to when it was sent (not in the
+    directory then), a new envelope for them alone."""
+    delivery = (
+        GroupDelivery.objects.filter(
+            message__id=message_id,
+            message__owner=owner,
+            message__direction=Message.Direction.OUT,
+            username=username,
+            delivered_at__isnull=True,
+        )
+        .select_related("message__group", "message__owner__keys")
+        .first()
+    )
     if delivery is None or not delivery.error:
         raise errors.NotRetryable("Only a failed delivery can be sent again.")
+    rows = Outbox.objects.filter(message_id=message_id, destination=delivery.node)
+    carrying = next((r for r in rows if username in _wrapped(r)), None)
+    fresh = None
+    if carrying is None:
+        message = delivery.message
+        # The change it was written at, as its other envelopes say (they are kept while
+        # waiting or failed); else the group's current one.
+        others = Outbox.objects.filter(message_id=message_id, kind="group_message").first()
+        at_seq = (
+            wire.parse_message_body(protocol.parse_envelope(bytes(others.raw)).body).at_seq
+            if others is not None
+            else message.group.seq
+        )
+        fresh, unreachable = _seal_for_nodes(
+            sender=owner,
+            group=message.group,
+            message_id=str(message.group_message_id),
+            at_seq=at_seq,
+            created_ms=message.created_ms,
+            payload=_payload(message, with_preview=False),
+            by_node={delivery.node: [username]},
+        )
+        if not fresh:
+            raise errors.NotRetryable(
+                f"{username} still cannot be reached safely ({unreachable.get(username)}); "
+                "try again later."
+            )
     now = timezone.now()
     with write_transaction():
-        count = Outbox.objects.filter(message_id=message_id, destination=delivery.node).update(
-            failed_at=None, queued_at=now, next_attempt_at=now, attempts=0, last_error=""
-        )
-        if not count:
-            raise errors.NotRetryable("This message can no longer be sent again.")
-        GroupDelivery.objects.filter(message_id=message_id, node=delivery.node).update(error="")
+        if carrying is not None:
+            Outbox.objects.filter(id=carrying.id).update(
+                failed_at=None, queued_at=now, next_attempt_at=now, attempts=0, last_error=""
+            )
+            again = _wrapped(carrying)
+        else:
+            fresh[0].message_id = message_id
+            fresh[0].save()
+            again = [username]
+        GroupDelivery.objects.filter(
+            message_id=message_id, username__in=again, delivered_at__isnull=True
+        ).update(error="")
         _settle([message_id], now=now)
         schedule_delivery(delivery.node)
         live.announce([message_id], "status")
@@ -717,9 +831,12 @@ def check_record(staged: Staged, envelope: protocol.Envelope, *, from_node: str)
         if kept is None and change.record.seq == state.seq and change.record.sha256 == state.head:
             return  # staged in this very batch
         raise protocol.ProtocolError("group_chain_broken", "another change under this number", 409)
-    if state is not None and change.record.seq > state.seq + 1:
+    if change.record.seq > (state.seq if state is not None else 0) + 1:
+        # An earlier one has not arrived (refused for a while, say): the home node sends
+        # this one again, after it.
+        known = state.seq if state is not None else 0
         raise protocol.ProtocolError(
-            "group_behind", f"this node knows the group up to change {state.seq}", 409
+            "group_behind", f"this node knows the group up to change {known}", 409
         )
     after = wire.apply(state, change.event, change.record)
     gone = {u for u in (state.members if state else {}) if u not in after.members}
@@ -768,10 +885,11 @@ def check_message(
     envelope: protocol.Envelope,
     *,
     sender_box_key: bytes,
-) -> list[Message]:
+) -> tuple[list[Message], FileFields | None]:
     """A group message for people of this node: from a member (at the change it was
     written at, and still), to members of this node at that change, opened for each.
-    Returns the copies to store, one per recipient."""
+    Returns the copies to store, one per recipient, and the file they all get (pulled
+    once from the sender's node)."""
     body = wire.parse_message_body(envelope.body)
     group, state = staged.state(body.group)
     if state is None:
@@ -808,8 +926,6 @@ def check_message(
             raise protocol.ProtocolError("decrypt_failed", "recipients' content differs")
         payload = opened
         text, file = check_message_payload(opened)
-        if file is not None:
-            raise protocol.ProtocolError("invalid_field", "files in groups are not supported")
         copies.append(
             Message(
                 envelope_id=uuid.uuid5(uuid.UUID(body.message), username),
@@ -833,7 +949,7 @@ def check_message(
             copy.group = staged.states[key][0]
 
     staged.writes.append(write)
-    return copies
+    return copies, file
 
 
 def check_read(staged: Staged, envelope: protocol.Envelope) -> list[int]:
@@ -874,7 +990,10 @@ def _node_key(name: str) -> bytes:
 
 
 def _verify_author(change: wire.SignedChange) -> None:
-    """The event's signature, with its author's key as this node knows it."""
+    """The event's signature, with its author's key as this node knows it. The home node
+    checked it when it numbered the event, and its signed record is what a member's node
+    relies on: an author this node does not know (any more), or whose key changed since,
+    is logged, not refused, so that a group never stalls on an old change."""
     from peers.models import DirectoryUser
 
     event = change.event
@@ -886,13 +1005,15 @@ def _verify_author(change: wire.SignedChange) -> None:
             username=event.author, node__name=event.author_node
         ).first()
         key = bytes(entry.sign_key) if entry is not None else None
-    if key is None:
-        raise protocol.ProtocolError("unknown_sender", "the event's author is not known here")
     try:
+        if key is None:
+            raise protocol.ProtocolError("unknown_sender", "the event's author is not known")
         wire.verify_event(key, event.raw, change.event_sig)
-    except protocol.ProtocolError:
-        # Their key may have changed since they signed it: the home node checked it then.
-        logger.info("group event signed by an earlier key", extra={"author": event.author})
+    except protocol.ProtocolError as error:
+        logger.info(
+            "group event author not checked here",
+            extra={"author": event.author, "code": error.code},
+        )
 
 
 def _check_known(member: wire.Member) -> None:
@@ -942,7 +1063,52 @@ def resign(*, sender: User, now) -> int:
             created_ms=envelope.created_ms,
             body=body,
         )
+        row.earlier_sealings = [*row.earlier_sealings, protocol.b64e(bytes(row.raw))]
         row.raw, row.signature, row.next_attempt_at = sealed.raw, sealed.signature, now
-        row.save(update_fields=["raw", "signature", "next_attempt_at"])
+        row.save(update_fields=["raw", "signature", "next_attempt_at", "earlier_sealings"])
         count += 1
     return count
+
+
+def resign_records(node_key: SigningKey) -> int:
+    """After this node's signing key changed (inside that transaction): the records of the
+    groups it is home to signed again with the new key, as nodes that join later check
+    them, and the waiting group_record envelopes with them (their earlier bytes kept: a
+    node that stored one acknowledges those). Returns how many records."""
+    from peers.identity import local_node
+
+    home = local_node().name
+    records = list(GroupRecord.objects.filter(group__home_node=home))
+    for record in records:
+        record.record_sig = node_key.sign(
+            wire.DOMAIN_GROUP_SEQUENCE + bytes(record.record_raw)
+        ).signature
+    GroupRecord.objects.bulk_update(records, ["record_sig"], batch_size=500)
+    by_digest = {wire.parse_sequence_record(bytes(r.record_raw)).sha256: r for r in records}
+    now = timezone.now()
+    for row in Outbox.objects.filter(kind="group_record"):
+        envelope = protocol.parse_envelope(bytes(row.raw))
+        change = wire.parse_change_body(envelope.body, kind="group_record")
+        record = by_digest.get(change.record.sha256)
+        if record is None:
+            continue
+        sealed = protocol.sign_group_envelope(
+            node_key,
+            envelope_id=envelope.id,
+            kind="group_record",
+            sender="",
+            sender_node=envelope.sender_node,
+            recipient_node=envelope.recipient_node,
+            created_ms=envelope.created_ms,
+            body=wire.record_body(
+                change.event.raw,
+                change.event_sig,
+                change.record.raw,
+                bytes(record.record_sig),
+            ),
+        )
+        row.earlier_sealings = [*row.earlier_sealings, protocol.b64e(bytes(row.raw))]
+        row.raw, row.signature, row.next_attempt_at = sealed.raw, sealed.signature, now
+        row.save(update_fields=["raw", "signature", "next_attempt_at", "earlier_sealings"])
+    logger.info("group records signed again", extra={"records": len(records)})
+    return len(records)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -62,8 +63,8 @@ def inbox(request: HttpRequest) -> JsonResponse:
 @csrf_exempt  # signed by a node, never sent with a browser's cookies
 def file_blob(request: HttpRequest, file_id: str) -> HttpResponse:
     """GET /api/v1/files/<id>, signed: the ciphertext of a file this node sent, for the
-    node of its recipient only (anyone else: 404, as for a file that does not exist). A
-    single Range resumes an interrupted pull."""
+    node of its recipient (of a recipient of its group message) only (anyone else: 404,
+    as for a file that does not exist). A single Range resumes an interrupted pull."""
     node, refused = verify_signed_get(request, resolve=directory.resolve_peer_node)
     if refused is not None:
         return refused
@@ -71,10 +72,12 @@ def file_blob(request: HttpRequest, file_id: str) -> HttpResponse:
         file_uuid = uuid.UUID(file_id)
     except ValueError:
         file_uuid = None
+    # The node of its one-to-one recipient, or of one of its group message's recipients.
     attachment = file_uuid and (
         Attachment.objects.filter(
+            Q(node=node.name)
+            | Q(node="", message__group__isnull=False, message__deliveries__node=node.name),
             file_id=file_uuid,
-            node=node.name,
             state=Attachment.State.STORED,
             message__direction=Message.Direction.OUT,
         )

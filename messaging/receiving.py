@@ -262,9 +262,12 @@ def _check_group(
     elif envelope.kind == "group_event":
         groups.check_event(batch.groups, envelope, sender_sign_key=sender.sign_key)
     elif envelope.kind == "group_message":
-        batch.messages.extend(
-            groups.check_message(batch.groups, envelope, sender_box_key=sender.box_key)
-        )
+        copies, file = groups.check_message(batch.groups, envelope, sender_box_key=sender.box_key)
+        if file is not None:  # each recipient's copy has the file, pulled once
+            _check_new_file_id(batch, file.file_id)
+            for index in range(len(batch.messages), len(batch.messages) + len(copies)):
+                batch.files[index] = file
+        batch.messages.extend(copies)
     else:
         batch.group_read_ids.extend(groups.check_read(batch.groups, envelope))
     batch.received.append(

@@ -24,6 +24,7 @@ urlpatterns = [
     ),
     path("groups/<uuid:group_id>/state.json", group_api.group_state_json, name="group_state"),
     path("groups/<uuid:group_id>/read/", group_views.group_mark_read, name="group_mark_read"),
+    path("groups/<uuid:group_id>/files/", group_views.group_upload, name="group_upload"),
     path("groups/<uuid:group_id>/change/", group_views.group_change, name="group_change"),
     path(
         "groups/<uuid:group_id>/messages/<int:message_id>/",

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from django.dispatch import Signal
 from nacl.signing import SigningKey
 
 from accounts.crypto import decrypt_at_rest
 
 from .models import NodeIdentity
+
+# Sent inside the transaction that makes a new node signing key current (key: the new
+# SigningKey): what this node signed with the old key and still keeps or has to send is
+# signed again (messaging.groups.resign_records).
+node_key_rotated = Signal()
 
 
 class NotJoined(Exception):

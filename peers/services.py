@@ -33,7 +33,7 @@ from p2psocial import events, redis_client
 
 from . import directory, protocol
 from .client import AnswerTooLarge, local_identity, session_for, signed_get, signed_post
-from .identity import is_joined, local_node, pending_signing_key
+from .identity import is_joined, local_node, node_key_rotated, pending_signing_key
 from .models import (
     DirectorySync,
     DirectoryUser,
@@ -288,6 +288,7 @@ def _adopt_pending_key(old: NodeIdentity, key: SigningKey, *, resumed: bool) -> 
             fields.append("sign_pending_encrypted")
         # save() (not update()) so this process drops its cached copy of the old key.
         identity.save(update_fields=fields)
+        node_key_rotated.send(sender=NodeIdentity, key=key)
     old_fp = protocol.fingerprint(bytes(old.sign_public))
     new_fp = protocol.fingerprint(bytes(key.verify_key))
     logger.warning(

@@ -528,3 +528,86 @@ def test_reading_a_group_sends_one_receipt_per_author_office(client, net):
     ]
     assert sorted(wire.parse_read_body(e.body).author for e in receipts) == ["nina", "rita"]
     assert groups.mark_group_read(viewer=net.alice, group=group) == 0
+
+
+def test_someone_nobody_could_seal_to_is_not_counted_delivered_and_retry_reaches_them(net):
+    from django.utils import timezone
+
+    from peers.models import DirectoryUser
+
+    group = groups.create_group(creator=net.alice, name="Board", usernames=["rita", "nina"])
+    entry = DirectoryUser.objects.get(username="nina")
+    DirectoryUser.objects.filter(username="nina").delete()  # gone from the directory
+    message = groups.send_group_message(sender=net.alice, group=group, text="hi")
+    assert message.status == "failed"  # one recipient could not be sealed to
+    row = Outbox.objects.get(kind="group_message", destination="branch")
+    assert groups._wrapped(row) == ["rita"]
+    groups.acknowledged([row], now=timezone.now())
+    states = dict(
+        GroupDelivery.objects.filter(message=message).values_list("username", "delivered_at")
+    )
+    assert states["rita"] is not None and states["nina"] is None
+    assert groups.delivery_summary([message.id])[message.id]["failed"] == 1
+    Outbox.objects.filter(id=row.id).delete()  # acknowledged rows go
+
+    with pytest.raises(groups.errors.NotRetryable, match="still cannot be reached"):
+        groups.retry_member(owner=net.alice, message_id=message.id, username="nina")
+    entry.pk = None
+    entry.save()  # listed again
+    groups.retry_member(owner=net.alice, message_id=message.id, username="nina")
+    fresh = Outbox.objects.get(kind="group_message", destination="branch")
+    assert groups._wrapped(fresh) == ["nina"]
+    body = wire.parse_message_body(protocol.parse_envelope(bytes(fresh.raw)).body)
+    assert body.message == str(message.group_message_id)
+    opened = wire.open_content(
+        body.ciphertext,
+        body.wraps["nina"],
+        recipient_box_key=net.nina.box,
+        sender_box_key=bytes(net.alice.keys.box_public),
+    )
+    assert opened == {"text": "hi"}
+
+
+def test_removing_nobody_says_to_choose_someone(net):
+    group = groups.create_group(creator=net.alice, name="Board", usernames=["bob"])
+    with pytest.raises(groups.GroupError, match="Choose a member first"):
+        groups.change_group(author=net.alice, group=group, action="remove", usernames=[])
+
+
+def test_a_later_change_of_a_group_not_known_yet_waits_for_the_first(client, net):
+    home = RemoteHome(net, net.rita, [("alice", "hq")])
+    second = home.change(net.rita, "rename", name="Second")
+    assert codes(post(client, net.branch, second)) == ["group_behind"]  # retried by branch
+    assert codes(post(client, net.branch, home.records[0], second)) == []
+    assert Group.objects.get().name == "Second"
+
+
+def test_a_new_node_key_signs_the_groups_records_again(net):
+    from peers.identity import node_key_rotated
+    from peers.models import NodeIdentity
+
+    group = groups.create_group(creator=net.alice, name="Board", usernames=["rita"])
+    waiting = Outbox.objects.get(kind="group_record")
+    new_key = SigningKey.generate()
+    node_key_rotated.send(sender=NodeIdentity, key=new_key)
+    record = GroupRecord.objects.get(group=group)
+    wire.verify_sequence_record(
+        bytes(new_key.verify_key), bytes(record.record_raw), bytes(record.record_sig)
+    )
+    row = Outbox.objects.get(id=waiting.id)
+    protocol.verify_envelope(bytes(new_key.verify_key), bytes(row.raw), bytes(row.signature))
+    change = wire.parse_change_body(
+        protocol.parse_envelope(bytes(row.raw)).body, kind="group_record"
+    )
+    wire.verify_sequence_record(bytes(new_key.verify_key), change.record.raw, change.record_sig)
+    assert row.earlier_sealings == [protocol.b64e(bytes(waiting.raw))]
+
+
+def test_a_change_too_large_for_one_envelope_is_refused_with_words(net):
+    from tests.helpers.messaging import make_remote_node
+
+    far = make_remote_node("o" * 63)  # the longest office name
+    names = [make_remote_person(far, f"{'x' * 146}{n:04d}").username for n in range(250)]
+    with pytest.raises(groups.GroupError, match="Too many people at once"):
+        groups.create_group(creator=net.alice, name="Everyone", usernames=names)
+    assert not Group.objects.exists() and not Outbox.objects.exists()

@@ -98,3 +98,29 @@ def group_state(net: Network, user: str, gid: str) -> dict | None:
 
 def member_names(state: dict | None) -> set[str]:
     return {m["username"] for m in state["members"]} if state else set()
+
+
+def group_send_file(
+    net: Network, user: str, gid: str, name: str, data: bytes, caption: str = ""
+) -> dict:
+    """user sends a file to the group as its page's script does; the message."""
+    response = net.sessions[user].post(
+        url(net, user, f"/groups/{gid}/files/"),
+        files={"file": (name, data, "application/octet-stream")},
+        data={"text": caption},
+        headers={
+            "X-CSRFToken": _form_token(net, user, f"/groups/{gid}/"),
+            "Accept": "application/json",
+        },
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text[:500]
+    return response.json()["message"]
+
+
+def group_files(net: Network, user: str, gid: str) -> list[dict]:
+    """The files of the group's received messages as user's page sees them."""
+    answer = group_poll(net, user, gid)
+    if answer is None:
+        return []
+    return [m["file"] for m in answer["messages"] if m["file"] and m["direction"] == "in"]
