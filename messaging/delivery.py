@@ -21,7 +21,7 @@ from peers import protocol
 from peers.auth import KnownNode, write_transaction
 from peers.models import PeerNode
 
-from . import files, groups, live
+from . import files, group_messages, live
 from .locks import HeldLock, lock_expires_in_s, node_lock
 from .models import Attachment, DestinationState, Message, Outbox
 from .outbox import (
@@ -250,7 +250,7 @@ def _apply_answer(
         if resealed:
             chosen = Outbox.objects.filter(id__in=[r.id for r in resealed])
             again = reseal(chosen, now=now)
-            groups.reseal([r for r in resealed if r.kind == "group_message"], now=now)
+            group_messages.reseal([r for r in resealed if r.kind == "group_message"], now=now)
             receipts, dropped = reseal_receipts(chosen, now=now)
             moved = {r.id: r.destination for r in again + receipts if r.destination != node}
             gone = {r.id for r in dropped}
@@ -261,10 +261,10 @@ def _apply_answer(
             acknowledged = [
                 r.message_id
                 for r in delivered.values()
-                if r.message_id and r.kind not in groups.GROUP_ROW_KINDS
+                if r.message_id and r.kind not in group_messages.GROUP_ROW_KINDS
             ]
-            groups.acknowledged(
-                [r for r in delivered.values() if r.kind in groups.GROUP_ROW_KINDS], now=now
+            group_messages.acknowledged(
+                [r for r in delivered.values() if r.kind in group_messages.GROUP_ROW_KINDS], now=now
             )
             # A message with a file is delivered once the recipient's node holds the file
             # (its "fetched" receipt); until then it has only been sent.
@@ -288,7 +288,9 @@ def _apply_answer(
                 status=Message.Status.QUEUED,
                 group__isnull=True,
             ).update(status=Message.Status.FAILED, error=code)
-            groups.refused([r for r in group if r.kind in groups.GROUP_ROW_KINDS], code, now=now)
+            group_messages.refused(
+                [r for r in group if r.kind in group_messages.GROUP_ROW_KINDS], code, now=now
+            )
             Outbox.objects.filter(id__in=[r.id for r in group if r.message_id]).update(
                 failed_at=now, last_error=code
             )
@@ -433,10 +435,10 @@ def sweep_outbox() -> list[str]:
                 status=Message.Status.QUEUED,
                 group__isnull=True,
             ).update(status=Message.Status.FAILED, error="expired")
-            groups.refused(
+            group_messages.refused(
                 list(
                     Outbox.objects.filter(
-                        id__in=[o for o, _ in expired], kind__in=groups.GROUP_ROW_KINDS
+                        id__in=[o for o, _ in expired], kind__in=group_messages.GROUP_ROW_KINDS
                     )
                 ),
                 "expired",

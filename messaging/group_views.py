@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts.models import User
 from peers.groups import MAX_GROUP_MEMBERS, MAX_GROUP_NAME_CHARS
 
-from . import errors, files, groups, queries
+from . import errors, files, group_messages, groups, queries
 from .errors import MessagingError
 from .models import Group, GroupDelivery, GroupMember, Message
 from .outbox import local_node_name
@@ -48,7 +48,7 @@ def _usernames(request: HttpRequest) -> list[str]:
 def bubbles(viewer: User, group: Group, messages: list[Message]) -> list[dict]:
     """What templates/messaging/_message.html draws of group messages: as one-to-one
     bubbles, with the sender's name and, for one's own, how far each got."""
-    summary = groups.delivery_summary(m.id for m in messages if m.direction == "out")
+    summary = group_messages.delivery_summary(m.id for m in messages if m.direction == "out")
     # One query: the page's messages come without sender_username (deferred), and reading
     # it from each would cost a query per bubble.
     senders = dict(
@@ -135,7 +135,7 @@ def group_page(request: HttpRequest, group_id) -> HttpResponse:
     if request.method == "POST":
         draft = request.POST.get("text", "")
         try:
-            groups.send_group_message(sender=request.user, group=group, text=draft)
+            group_messages.send_group_message(sender=request.user, group=group, text=draft)
         except MessagingError as exc:
             error, status = exc.message, exc.status
         else:
@@ -202,7 +202,7 @@ def group_messages_json(request: HttpRequest, group_id) -> JsonResponse:
         owner=request.user, peer_username=key, ids=[int(i) for i in wanted]
     )
     statuses = queries.recent_statuses(owner=request.user, peer_username=key)
-    summary = groups.delivery_summary(statuses)
+    summary = group_messages.delivery_summary(statuses)
 
     def html(bubble: dict) -> str:
         return render_to_string("messaging/_message.html", bubble, request=request)
@@ -251,7 +251,7 @@ def group_mark_read(request: HttpRequest, group_id) -> JsonResponse:
         is None
     ):
         return _json_error("unknown_message", "No such message in this group.", 404)
-    count = groups.mark_group_read(viewer=request.user, group=group, up_to_id=up_to)
+    count = group_messages.mark_group_read(viewer=request.user, group=group, up_to_id=up_to)
     still_unread = queries.unread_message_ids(
         owner=request.user, peer_username=group.conversation_key
     )
@@ -308,7 +308,7 @@ def group_message_detail(request: HttpRequest, group_id, message_id: int) -> Htt
         "group": group,
         "message": message,
         "rows": [{"row": r, "person": who[r.username]} for r in rows],
-        "summary": groups.delivery_summary([message.id]).get(message.id),
+        "summary": group_messages.delivery_summary([message.id]).get(message.id),
     }
     return render(request, "messaging/group_message.html", context)
 
@@ -322,7 +322,7 @@ def group_retry(request: HttpRequest, group_id, message_id: int) -> HttpResponse
     ).exists():
         raise Http404("No such message of yours in this group.")
     try:
-        groups.retry_member(
+        group_messages.retry_member(
             owner=request.user, message_id=message_id, username=request.POST.get("username", "")
         )
     except MessagingError as exc:
@@ -375,7 +375,7 @@ def _group_upload(
     if not handler.uploads:
         raise errors.FileRefused("Choose a file to send.")
     upload = files.finish_upload(handler.uploads.pop())
-    message = groups.send_group_message(
+    message = group_messages.send_group_message(
         sender=request.user, group=group, text=caption, upload=upload
     )
     if _wants_json(request):

@@ -17,7 +17,7 @@ from peers import directory, protocol
 from peers.auth import KnownNode, write_transaction
 from peers.models import DirectoryUser
 
-from . import files, groups, live
+from . import files, group_messages, groups, live
 from .content import (
     READ_RECEIPT_MAX_IDS,
     FileFields,
@@ -262,14 +262,16 @@ def _check_group(
     elif envelope.kind == "group_event":
         groups.check_event(batch.groups, envelope, sender_sign_key=sender.sign_key)
     elif envelope.kind == "group_message":
-        copies, file = groups.check_message(batch.groups, envelope, sender_box_key=sender.box_key)
+        copies, file = group_messages.check_message(
+            batch.groups, envelope, sender_box_key=sender.box_key
+        )
         if file is not None:  # each recipient's copy has the file, pulled once
             _check_new_file_id(batch, file.file_id)
             for index in range(len(batch.messages), len(batch.messages) + len(copies)):
                 batch.files[index] = file
         batch.messages.extend(copies)
     else:
-        batch.group_read_ids.extend(groups.check_read(batch.groups, envelope))
+        batch.group_read_ids.extend(group_messages.check_read(batch.groups, envelope))
     batch.received.append(
         ReceivedEnvelope(
             envelope_id=envelope.id,

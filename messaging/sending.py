@@ -17,7 +17,7 @@ from peers import protocol
 from peers.auth import write_transaction
 from peers.services import request_presence_report
 
-from . import errors, files, groups, live, queries
+from . import errors, files, group_messages, live, queries
 from .content import READ_RECEIPT_MAX_IDS, validate_caption, validate_text
 from .models import Attachment, Message, Outbox
 from .outbox import (
@@ -143,7 +143,7 @@ def reseal_outbox(*, sender: User) -> int:
         # The receiver may hold the current bytes already, with only their acknowledgement
         # lost: it acknowledges those (not the new ones), so they are kept to check it.
         resealed = reseal(rows, now=now, keep_earlier=True)
-        groups.resign(sender=sender, now=now)
+        group_messages.resign(sender=sender, now=now)
         destinations = {r.destination for r in resealed + resealed_receipts if r.failed_at is None}
         destinations |= set(
             Outbox.objects.filter(kind__startswith="group_", failed_at__isnull=True).values_list(

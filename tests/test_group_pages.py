@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts.models import User
-from messaging import delivery, groups
+from messaging import delivery, group_messages, groups
 from messaging.models import Group, GroupDelivery, GroupMember, Message, Outbox
 from tests.helpers.messaging import alice_of_hq, make_local_person
 
@@ -94,7 +94,7 @@ def delivery_row(html: str, username: str) -> str:
 
 def received_by_alice(group: Group, text: str = "Numbers are in") -> Message:
     """bob's message to the group, delivered on this node: alice's copy of it."""
-    groups.send_group_message(sender=bob(), group=group, text=text)
+    group_messages.send_group_message(sender=bob(), group=group, text=text)
     delivery.deliver_pending(node="hq")
     return Message.objects.get(owner__username="alice", direction="in", text=text)
 
@@ -205,14 +205,14 @@ def test_a_name_with_html_is_shown_escaped_on_the_home(alice):
 
 def test_a_name_with_html_is_shown_escaped_on_the_message_page(alice):
     group = alices_group(alice, name=HTML_NAME)
-    message = groups.send_group_message(sender=alice.user, group=group, text="hi")
+    message = group_messages.send_group_message(sender=alice.user, group=group, text="hi")
     html = page(alice, url(group, f"messages/{message.id}/"))
     assert ESCAPED_NAME in title(html) and HTML_NAME not in html
 
 
 def test_the_group_page_reads_its_bubbles_in_a_fixed_number_of_queries(alice):
     group = bobs_group()
-    groups.send_group_message(sender=alice.user, group=group, text="mine")
+    group_messages.send_group_message(sender=alice.user, group=group, text="mine")
     received_by_alice(group, "first")
 
     def queries_for_page() -> int:
@@ -222,8 +222,8 @@ def test_the_group_page_reads_its_bubbles_in_a_fixed_number_of_queries(alice):
 
     few = queries_for_page()
     for i in range(20):
-        groups.send_group_message(sender=bob(), group=group, text=f"more {i}")
-        groups.send_group_message(sender=alice.user, group=group, text=f"mine {i}")
+        group_messages.send_group_message(sender=bob(), group=group, text=f"more {i}")
+        group_messages.send_group_message(sender=alice.user, group=group, text=f"mine {i}")
     delivery.deliver_pending(node="hq")
     assert queries_for_page() == few
 
@@ -257,7 +257,7 @@ def test_a_member_who_is_not_an_admin_sees_no_change_forms(alice):
 
 def test_someone_never_in_the_group_cannot_see_or_touch_it(alice):
     group = bobs_group(members=("rita",))
-    message = groups.send_group_message(sender=bob(), group=group, text="secret")
+    message = group_messages.send_group_message(sender=bob(), group=group, text="secret")
     assert alice.get(url(group)).status_code == 404
     assert alice.post(url(group), {"text": "let me in"}).status_code == 404
     poll = alice.get(url(group, "messages.json?after=0"))
@@ -373,12 +373,12 @@ def test_a_removed_member_can_still_mark_earlier_messages_read(alice):
 # --- who has a message ----------------------------------------------------------------------
 def test_the_senders_bubble_says_how_far_it_got_and_links_to_who_has_it(alice):
     group = alices_group(alice)
-    message = groups.send_group_message(sender=alice.user, group=group, text="hello all")
+    message = group_messages.send_group_message(sender=alice.user, group=group, text="hello all")
     detail = url(group, f"messages/{message.id}/")
     html = bubble(page(alice, url(group)), message)
     assert f'href="{detail}"' in html
     assert status_text(html) == "delivered to 0 of 2 · read by 0"
-    groups.acknowledged(
+    group_messages.acknowledged(
         [Outbox.objects.get(kind="group_message", destination="hq")], now=timezone.now()
     )
     GroupDelivery.objects.filter(username="bob").update(read_at=timezone.now())
@@ -388,8 +388,8 @@ def test_the_senders_bubble_says_how_far_it_got_and_links_to_who_has_it(alice):
 
 def test_the_message_page_lists_each_recipient_with_their_state(alice):
     group = alices_group(alice)
-    message = groups.send_group_message(sender=alice.user, group=group, text="hello all")
-    groups.acknowledged(
+    message = group_messages.send_group_message(sender=alice.user, group=group, text="hello all")
+    group_messages.acknowledged(
         [Outbox.objects.get(kind="group_message", destination="hq")], now=timezone.now()
     )
     html = page(alice, url(group, f"messages/{message.id}/"))
@@ -402,10 +402,10 @@ def test_the_message_page_lists_each_recipient_with_their_state(alice):
 
 def test_retry_appears_only_for_a_failed_member_and_sends_again(alice):
     group = alices_group(alice)
-    message = groups.send_group_message(sender=alice.user, group=group, text="hello all")
+    message = group_messages.send_group_message(sender=alice.user, group=group, text="hello all")
     row = Outbox.objects.get(kind="group_message", destination="branch")
     Outbox.objects.filter(id=row.id).update(failed_at=timezone.now(), last_error="expired")
-    groups.refused([row], "expired", now=timezone.now())
+    group_messages.refused([row], "expired", now=timezone.now())
     detail = url(group, f"messages/{message.id}/")
     html = page(alice, detail)
     assert "Retry" in delivery_row(html, "rita") and 'data-state="failed"' in delivery_row(
@@ -424,7 +424,7 @@ def test_retry_appears_only_for_a_failed_member_and_sends_again(alice):
 
 def test_retry_of_a_member_who_did_not_fail_is_refused_with_a_message(alice):
     group = alices_group(alice)
-    message = groups.send_group_message(sender=alice.user, group=group, text="hello all")
+    message = group_messages.send_group_message(sender=alice.user, group=group, text="hello all")
     response = alice.post(
         url(group, f"messages/{message.id}/retry/"), {"username": "rita"}, follow=True
     )
@@ -434,9 +434,9 @@ def test_retry_of_a_member_who_did_not_fail_is_refused_with_a_message(alice):
 
 def test_retry_through_another_groups_address_is_a_404(alice):
     group = alices_group(alice)
-    message = groups.send_group_message(sender=alice.user, group=group, text="hello all")
+    message = group_messages.send_group_message(sender=alice.user, group=group, text="hello all")
     row = Outbox.objects.get(kind="group_message", destination="branch")
-    groups.refused([row], "expired", now=timezone.now())
+    group_messages.refused([row], "expired", now=timezone.now())
     other = alices_group(alice, name="Other")
     response = alice.post(url(other, f"messages/{message.id}/retry/"), {"username": "rita"})
     assert response.status_code == 404
@@ -453,8 +453,8 @@ def test_the_message_page_is_only_for_ones_own_messages(alice):
 # --- the page's poll --------------------------------------------------------------------------
 def test_the_poll_answers_messages_after_the_cursor_with_their_bubbles(alice):
     group = alices_group(alice)
-    first = groups.send_group_message(sender=alice.user, group=group, text="one")
-    second = groups.send_group_message(sender=alice.user, group=group, text="two")
+    first = group_messages.send_group_message(sender=alice.user, group=group, text="one")
+    second = group_messages.send_group_message(sender=alice.user, group=group, text="two")
     answer = alice.get(url(group, "messages.json?after=0")).json()
     assert [m["id"] for m in answer["messages"]] == [first.id, second.id]
     assert f'id="m-{first.id}"' in answer["messages"][0]["html"]
@@ -465,10 +465,10 @@ def test_the_poll_answers_messages_after_the_cursor_with_their_bubbles(alice):
 
 def test_the_polls_status_changes_when_a_delivery_count_changes(alice):
     group = alices_group(alice)
-    message = groups.send_group_message(sender=alice.user, group=group, text="one")
+    message = group_messages.send_group_message(sender=alice.user, group=group, text="one")
     poll = url(group, "messages.json?after=0")
     before = alice.get(poll).json()
-    groups.acknowledged(
+    group_messages.acknowledged(
         [Outbox.objects.get(kind="group_message", destination="hq")], now=timezone.now()
     )
     after = alice.get(poll).json()

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from nacl.signing import SigningKey
 
-from messaging import groups
+from messaging import group_messages, groups
 from messaging.models import (
     Group,
     GroupDelivery,
@@ -151,7 +151,9 @@ def test_a_group_message_is_encrypted_once_and_its_key_sealed_to_each_recipient(
     group = groups.create_group(
         creator=net.alice, name="Board", usernames=["bob", "rita", "nina", "olga"]
     )
-    message = groups.send_group_message(sender=net.alice, group=group, text="Numbers are in")
+    message = group_messages.send_group_message(
+        sender=net.alice, group=group, text="Numbers are in"
+    )
     rows = {r.destination: r for r in Outbox.objects.filter(kind="group_message")}
     assert set(rows) == {"hq", "branch", "other"}  # one envelope per node
     bodies = {
@@ -184,7 +186,7 @@ def test_a_group_message_is_encrypted_once_and_its_key_sealed_to_each_recipient(
 
 def test_an_office_outside_the_group_is_sent_nothing(net):
     group = groups.create_group(creator=net.alice, name="Local", usernames=["bob"])
-    groups.send_group_message(sender=net.alice, group=group, text="just us")
+    group_messages.send_group_message(sender=net.alice, group=group, text="just us")
     assert set(Outbox.objects.values_list("destination", flat=True)) == {"hq"}
 
 
@@ -218,7 +220,7 @@ def test_a_removed_member_receives_nothing_sent_after_and_their_office_is_told(n
         "remove",
         ["rita"],
     )
-    groups.send_group_message(sender=net.alice, group=Group.objects.get(), text="after")
+    group_messages.send_group_message(sender=net.alice, group=Group.objects.get(), text="after")
     destinations = set(
         Outbox.objects.filter(kind="group_message").values_list("destination", flat=True)
     )
@@ -480,12 +482,12 @@ def test_a_forged_event_signature_is_refused(client, net):
 # --- acknowledgements and receipts ----------------------------------------------------------
 def test_per_member_delivery_and_read_state(client, net):
     group = groups.create_group(creator=net.alice, name="Board", usernames=["bob", "rita", "nina"])
-    message = groups.send_group_message(sender=net.alice, group=group, text="hello all")
+    message = group_messages.send_group_message(sender=net.alice, group=group, text="hello all")
     from django.utils import timezone
 
     branch_row = Outbox.objects.get(kind="group_message", destination="branch")
-    groups.acknowledged([branch_row], now=timezone.now())
-    assert groups.delivery_summary([message.id])[message.id] == {
+    group_messages.acknowledged([branch_row], now=timezone.now())
+    assert group_messages.delivery_summary([message.id])[message.id] == {
         "total": 3,
         "delivered": 2,
         "read": 0,
@@ -504,16 +506,16 @@ def test_per_member_delivery_and_read_state(client, net):
         ),
     )
     assert codes(post(client, net.branch, receipt)) == []
-    summary = groups.delivery_summary([message.id])[message.id]
+    summary = group_messages.delivery_summary([message.id])[message.id]
     assert (summary["delivered"], summary["read"]) == (2, 1)
-    groups.refused(
+    group_messages.refused(
         [Outbox.objects.get(kind="group_message", destination="hq")], "expired", now=timezone.now()
     )
     message.refresh_from_db()
     assert message.status == "failed"
-    assert groups.delivery_summary([message.id])[message.id]["failed"] == 1
-    groups.retry_member(owner=net.alice, message_id=message.id, username="bob")
-    assert groups.delivery_summary([message.id])[message.id]["failed"] == 0
+    assert group_messages.delivery_summary([message.id])[message.id]["failed"] == 1
+    group_messages.retry_member(owner=net.alice, message_id=message.id, username="bob")
+    assert group_messages.delivery_summary([message.id])[message.id]["failed"] == 0
 
 
 def test_reading_a_group_sends_one_receipt_per_author_office(client, net):
@@ -522,12 +524,12 @@ def test_reading_a_group_sends_one_receipt_per_author_office(client, net):
     post(client, net.branch, home.message(net.rita, "one", to=[net.alice]))
     post(client, net.branch, home.message(net.nina, "two", to=[net.alice]))
     group = Group.objects.get()
-    assert groups.mark_group_read(viewer=net.alice, group=group) == 2
+    assert group_messages.mark_group_read(viewer=net.alice, group=group) == 2
     receipts = [
         protocol.parse_envelope(bytes(r.raw)) for r in Outbox.objects.filter(kind="group_read")
     ]
     assert sorted(wire.parse_read_body(e.body).author for e in receipts) == ["nina", "rita"]
-    assert groups.mark_group_read(viewer=net.alice, group=group) == 0
+    assert group_messages.mark_group_read(viewer=net.alice, group=group) == 0
 
 
 def test_someone_nobody_could_seal_to_is_not_counted_delivered_and_retry_reaches_them(net):
@@ -538,25 +540,25 @@ def test_someone_nobody_could_seal_to_is_not_counted_delivered_and_retry_reaches
     group = groups.create_group(creator=net.alice, name="Board", usernames=["rita", "nina"])
     entry = DirectoryUser.objects.get(username="nina")
     DirectoryUser.objects.filter(username="nina").delete()  # gone from the directory
-    message = groups.send_group_message(sender=net.alice, group=group, text="hi")
+    message = group_messages.send_group_message(sender=net.alice, group=group, text="hi")
     assert message.status == "failed"  # one recipient could not be sealed to
     row = Outbox.objects.get(kind="group_message", destination="branch")
-    assert groups._wrapped(row) == ["rita"]
-    groups.acknowledged([row], now=timezone.now())
+    assert group_messages._wrapped(row) == ["rita"]
+    group_messages.acknowledged([row], now=timezone.now())
     states = dict(
         GroupDelivery.objects.filter(message=message).values_list("username", "delivered_at")
     )
     assert states["rita"] is not None and states["nina"] is None
-    assert groups.delivery_summary([message.id])[message.id]["failed"] == 1
+    assert group_messages.delivery_summary([message.id])[message.id]["failed"] == 1
     Outbox.objects.filter(id=row.id).delete()  # acknowledged rows go
 
     with pytest.raises(groups.errors.NotRetryable, match="still cannot be reached"):
-        groups.retry_member(owner=net.alice, message_id=message.id, username="nina")
+        group_messages.retry_member(owner=net.alice, message_id=message.id, username="nina")
     entry.pk = None
     entry.save()  # listed again
-    groups.retry_member(owner=net.alice, message_id=message.id, username="nina")
+    group_messages.retry_member(owner=net.alice, message_id=message.id, username="nina")
     fresh = Outbox.objects.get(kind="group_message", destination="branch")
-    assert groups._wrapped(fresh) == ["nina"]
+    assert group_messages._wrapped(fresh) == ["nina"]
     body = wire.parse_message_body(protocol.parse_envelope(bytes(fresh.raw)).body)
     assert body.message == str(message.group_message_id)
     opened = wire.open_content(
