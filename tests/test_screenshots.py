@@ -16,6 +16,7 @@ from playwright.sync_api import Page, expect
 from tests.helpers import samples
 from tests.helpers.browser import launch_chromium
 from tests.helpers.chat import file_state, send, send_file, status_of, wait_until_listed
+from tests.helpers.groups import create_group, group_poll, group_send, group_texts
 from tests.network import Network, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -49,6 +50,8 @@ PEOPLE = {
 }
 LONG_WORD = "https://intranet.example/contracts/2025/q3/supplier-framework-agreement-v7-final.pdf"
 LAST_TO_CAROL = "Looks good. Let's talk on Thursday."
+GROUP_NAME = "Board of Directors — Q3 review & <planning>"
+TO_THE_BOARD = "The board pack is in the data room; comments by Friday please."
 
 # name: (who is logged in, path, the page's heading); the code page is reached by the
 # password step in the browser itself.
@@ -61,6 +64,9 @@ PAGES = {
     "profile": ("alice", "/people/carol/", "Carol Nguyen-Lefebvre"),
     "own-profile": ("alice", "/profile/", "Your profile"),
     "search": ("alice", "/search/?q=contract%20draft", "Search your messages"),
+    "new-group": ("alice", "/groups/new/", "New group"),
+    "group": ("alice", "/groups/{group}/", GROUP_NAME),
+    "group-message": ("alice", "/groups/{group}/messages/{message}/", "Your message"),
 }
 
 
@@ -110,6 +116,27 @@ def net(tmp_path_factory):
             timeout=30,
             message="alice's messages reach carol",
         )
+        network.group = create_group(network, "alice", GROUP_NAME, ["bob", "carol", "dave"])
+        wait_for(
+            lambda: group_poll(network, "carol", network.group) is not None,
+            timeout=60,
+            message="branch knows the group",
+        )
+        group_send(network, "alice", network.group, TO_THE_BOARD)
+        group_send(network, "carol", network.group, "Thanks. I will read it on the flight.")
+        wait_for(
+            lambda: (
+                "Thanks. I will read it on the flight."
+                in group_texts(network, "alice", network.group)
+            ),
+            timeout=60,
+            message="carol's group message reaches alice",
+        )
+        network.group_message = next(
+            m["id"]
+            for m in group_poll(network, "alice", network.group)["messages"]
+            if m["text"] == TO_THE_BOARD
+        )
         yield network
 
 
@@ -122,6 +149,7 @@ def browser():
 def open_page(browser, net: Network, name: str, width: int) -> Page:
     """The page called name in a new tab of the given width, loaded and settled."""
     user, path, _ = PAGES[name]
+    path = path.format(group=getattr(net, "group", ""), message=getattr(net, "group_message", ""))
     base = net.node("hq").url
     context = browser.new_context(
         viewport=VIEWPORTS[width], is_mobile=width < 600, has_touch=width < 600
