@@ -31,7 +31,7 @@ from p2psocial.devnet import BASE_DIR, PYTHON, Network, wait_until
 
 PASSWORD = "bench-password-Xq9!"
 RESULTS = BASE_DIR / "bench" / "results"
-PARTS = ("messages", "pages", "loginserver", "recovery", "files", "live", "search")
+PARTS = ("messages", "pages", "loginserver", "recovery", "files", "live", "search", "groups")
 # One uvicorn process per core, as docs/operations.md advises for the login server.
 LOGIN_SERVER_WEB_WORKERS = 2
 BENCH_SETTINGS = {
@@ -512,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     n_pages = 30 if q else 100
 
     figures = Figures()
+    problems: list[str] = []  # what must be zero and was not
     started = time.time()
     root = Path(tempfile.mkdtemp(prefix="p2psocial-bench-"))
     print(f"bench: network in {root}", flush=True)
@@ -773,6 +774,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             report_search(figures, search, f_http)
 
+        if "groups" in parts:
+            # A network of its own (5 offices): measured by a process that is its hq.
+            print("\ngroups")
+            from bench.groups import report, run_in_child
+
+            problems += report(figures, run_in_child(quick=q, keep=args.keep))
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -787,6 +795,9 @@ def main(argv: list[str] | None = None) -> int:
         import shutil
 
         shutil.rmtree(root, ignore_errors=True)
+    if problems:
+        print(f"FAILED: {'; '.join(problems)}")
+        return 1
     return 0
 
 

@@ -47,7 +47,7 @@ class _TooLarge(Exception):
     """An envelope would pass MAX_ENVELOPE_BYTES."""
 
 
-def _seal_for_nodes(
+def seal_for_nodes(
     *,
     sender: User,
     group: Group,
@@ -145,7 +145,7 @@ def _send(sender: User, group: Group, text: str, upload: files.Upload | None) ->
         if upload is not None:
             payload["file"] = upload.fields(with_preview=with_preview).as_payload()
         try:
-            rows, unreachable = _seal_for_nodes(
+            rows, unreachable = seal_for_nodes(
                 sender=sender,
                 group=group,
                 message_id=message_id,
@@ -171,7 +171,7 @@ def _send(sender: User, group: Group, text: str, upload: files.Upload | None) ->
             created_ms=created_ms,
             status=Message.Status.QUEUED,
             group=group,
-            group_message_id=message_id,
+            group_message_id=uuid.UUID(message_id),
         )
         if upload is not None:
             # node "": the nodes of its recipients may pull it (peer_api.file_blob).
@@ -286,7 +286,7 @@ def reseal(rows: list[Outbox], *, now, keep_earlier: bool = False) -> list[Outbo
         new_rows = []
         for with_preview in (True, False):
             try:
-                new_rows, _ = _seal_for_nodes(
+                new_rows, _ = seal_for_nodes(
                     sender=message.owner,
                     group=message.group,
                     message_id=str(message.group_message_id),
@@ -340,7 +340,7 @@ def retry_member(*, owner: User, message_id: int, username: str) -> None:
             if others is not None
             else message.group.seq
         )
-        fresh, unreachable = _seal_for_nodes(
+        fresh, unreachable = seal_for_nodes(
             sender=owner,
             group=message.group,
             message_id=str(message.group_message_id),
