@@ -143,32 +143,36 @@ def test_a_worker_killed_after_the_peer_stored_its_batch_loses_and_doubles_nothi
         "from messaging.models import Message;"
         f"print(Message.objects.filter(direction='in', text__in={sent!r}).count())"
     )
-    os.killpg(worker.pid, signal.SIGSTOP)  # queue all five first: they go in one batch
-    web.send_signal(signal.SIGSTOP)  # branch accepts connections but reads nothing yet
     try:
-        for text in sent:
-            send(net, "alice", "bob", text)
-        os.killpg(worker.pid, signal.SIGCONT)
+        os.killpg(worker.pid, signal.SIGSTOP)  # queue all five first: they go in one batch
+        web.send_signal(signal.SIGSTOP)  # branch accepts connections but reads nothing yet
+        try:
+            for text in sent:
+                send(net, "alice", "bob", text)
+            os.killpg(worker.pid, signal.SIGCONT)
+            wait_for(
+                lambda: _unread_requests_on(branch.port),
+                timeout=8,  # well inside the worker's 10 s peer timeout
+                message="hq's batch waiting in branch's socket",
+                interval=0.02,
+            )
+            os.killpg(worker.pid, signal.SIGSTOP)  # the worker will not read the answer
+        finally:
+            web.send_signal(signal.SIGCONT)
         wait_for(
-            lambda: _unread_requests_on(branch.port),
-            timeout=8,  # well inside the worker's 10 s peer timeout
-            message="hq's batch waiting in branch's socket",
-            interval=0.02,
+            lambda: (
+                branch.manage("shell", "-v", "0", "-c", count_stored).stdout.strip()
+                == str(len(sent))
+            ),
+            timeout=30,
+            message="branch stored the batch and answered into the void",
+            interval=0.5,
         )
-        os.killpg(worker.pid, signal.SIGSTOP)  # the worker will not read the answer
+        hq.stop_worker(kill=True)  # SIGKILL: the acknowledgements are lost with it
+        assert all(status_of(net, "alice", "bob", t) == "queued" for t in sent)
     finally:
-        web.send_signal(signal.SIGCONT)
-    wait_for(
-        lambda: (
-            branch.manage("shell", "-v", "0", "-c", count_stored).stdout.strip() == str(len(sent))
-        ),
-        timeout=30,
-        message="branch stored the batch and answered into the void",
-        interval=0.5,
-    )
-    hq.stop_worker(kill=True)  # SIGKILL: the acknowledgements are lost with it
-    assert all(status_of(net, "alice", "bob", t) == "queued" for t in sent)
-
+        if worker.poll() is None:  # the test failed before the kill: never leave it stopped
+            os.killpg(worker.pid, signal.SIGCONT)
     hq.start_worker()
     wait_for(
         lambda: all(status_of(net, "alice", "bob", t) in {"delivered", "read"} for t in sent),
