@@ -25,7 +25,7 @@ from peers.auth import write_transaction
 
 from . import errors, files, live, queries
 from .content import FileFields, check_message_payload, validate_caption, validate_text
-from .groups import GroupError, Staged, load_state, member_at
+from .groups import GroupError, Staged, head_at, load_state, member_at, removed_before
 from .models import (
     Attachment,
     Group,
@@ -56,6 +56,7 @@ def seal_for_nodes(
     created_ms: int,
     payload: dict[str, Any],
     by_node: dict[str, list[str]],
+    head: str | None = None,
     envelope_ids: dict[str, str] | None = None,
 ) -> tuple[list[Outbox], dict[str, str]]:
     """One envelope per node, the content encrypted once, its key sealed to each
@@ -100,6 +101,7 @@ def seal_for_nodes(
                 group=str(group.group_id),
                 message=message_id,
                 at_seq=at_seq,
+                head=head or head_at(group, at_seq) or "",
                 ciphertext=sealed_content.ciphertext,
                 wraps=wraps,
             ),
@@ -283,10 +285,10 @@ def reseal(rows: list[Outbox], *, now, keep_earlier: bool = False) -> list[Outbo
             continue
         envelope = protocol.parse_envelope(bytes(row.raw))
         body = wire.parse_message_body(envelope.body)
-        new_rows = []
+        new_rows, unreachable = [], {}
         for with_preview in (True, False):
             try:
-                new_rows, _ = seal_for_nodes(
+                new_rows, unreachable = seal_for_nodes(
                     sender=message.owner,
                     group=message.group,
                     message_id=str(message.group_message_id),
@@ -295,11 +297,23 @@ def reseal(rows: list[Outbox], *, now, keep_earlier: bool = False) -> list[Outbo
                     payload=_payload(message, with_preview=with_preview),
                     by_node={row.destination: sorted(body.wraps)},
                     envelope_ids={row.destination: str(row.envelope_id)},
+                    head=body.head,
                 )
                 break
             except _TooLarge:
                 continue
+        for code in set(unreachable.values()):
+            # Nobody can seal to them now (gone from the directory, expired, moved): they
+            # show failed, with Retry, instead of waiting for nothing.
+            GroupDelivery.objects.filter(
+                message=message,
+                username__in=[u for u, c in unreachable.items() if c == code],
+                delivered_at__isnull=True,
+            ).update(error=code)
+        if unreachable:
+            _settle([message.id], now=now)
         if not new_rows:
+            Outbox.objects.filter(id=row.id).update(failed_at=now, last_error="unreachable")
             continue
         if keep_earlier:
             row.earlier_sealings = [*row.earlier_sealings, protocol.b64e(bytes(row.raw))]
@@ -356,6 +370,12 @@ def retry_member(*, owner: User, message_id: int, username: str) -> None:
             )
     now = timezone.now()
     with write_transaction():
+        # Checked again under the lock: a second click meanwhile sent it already.
+        still_failed = GroupDelivery.objects.filter(
+            id=delivery.id, delivered_at__isnull=True
+        ).exclude(error="")
+        if not still_failed.exists():
+            raise errors.NotRetryable("This message is on its way again already.")
         if carrying is not None:
             Outbox.objects.filter(id=carrying.id).update(
                 failed_at=None, queued_at=now, next_attempt_at=now, attempts=0, last_error=""
@@ -457,6 +477,11 @@ def check_message(
     wire.check_message(
         state, sender=envelope.sender, sender_node=envelope.sender_node, at_seq=body.at_seq
     )
+    if staged.head_at(body.group, body.at_seq) != body.head:
+        # Another history under the same numbers: a home node restored from a backup.
+        raise protocol.ProtocolError(
+            "group_chain_broken", "the group's history differs from the sender's", 409
+        )
     local_name = local_node_name()
     keys = {
         k.user.username: k
@@ -464,8 +489,17 @@ def check_message(
             user__username__in=list(body.wraps), user__is_active=True
         ).select_related("user")
     }
+    # Copies already stored (the message sent again in a new envelope: a Retry, a
+    # resealing after a key change) are not stored twice.
+    have = set(
+        Message.objects.filter(
+            owner__username__in=list(body.wraps),
+            direction=Message.Direction.IN,
+            group_message_id=body.message,
+        ).values_list("owner__username", flat=True)
+    )
     copies = []
-    payload = None
+    payload, file = None, None
     for username, wrap in sorted(body.wraps.items()):
         member = state.members.get(username)
         if member is not None and member.node == local_name and member.joined_seq <= body.at_seq:
@@ -486,9 +520,17 @@ def check_message(
             raise protocol.ProtocolError("decrypt_failed", "recipients' content differs")
         payload = opened
         text, file = check_message_payload(opened)
+        copy_key = (username, body.message)
+        if username in have or copy_key in staged.copies:
+            continue
+        if member is None and removed_before(group, username, envelope.created_ms):
+            # Their office had applied their removal well before the message was written
+            # (a sender's office that was behind): nothing sent after it reaches them.
+            continue
+        staged.copies.add(copy_key)
         copies.append(
             Message(
-                envelope_id=uuid.uuid5(uuid.UUID(body.message), username),
+                envelope_id=uuid.uuid4(),
                 kind="message",
                 owner=keys[username].user,
                 peer_username=group_conversation_key(body.group),
@@ -499,7 +541,7 @@ def check_message(
                 created_ms=envelope.created_ms,
                 status=Message.Status.DELIVERED,
                 delivered_at=timezone.now(),
-                group_message_id=body.message,
+                group_message_id=uuid.UUID(body.message),
             )
         )
     key = body.group

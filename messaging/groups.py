@@ -108,6 +108,31 @@ def member_at(group: Group, username: str, node: str, seq: int) -> bool:
     )
 
 
+def head_at(group: Group, seq: int) -> str | None:
+    """The hash of the group's record number seq as this node holds it (None if not)."""
+    if seq == group.seq:
+        return group.head
+    records = GroupRecord.objects.filter(group=group, seq=seq)
+    raw = records.values_list("record_raw", flat=True).first()
+    return protocol.sha256_hex(bytes(raw)) if raw is not None else None
+
+
+def removed_before(group: Group | None, username: str, created_ms: int) -> bool:
+    """Whether this node applied username's last removal from the group more than the
+    allowed clock skew before created_ms (a time on the sender's clock)."""
+    if group is None:
+        return False
+    left_at = (
+        GroupMember.objects.filter(group=group, username=username, left_at__isnull=False)
+        .order_by("-left_seq")
+        .values_list("left_at", flat=True)
+        .first()
+    )
+    if left_at is None:
+        return False
+    return created_ms > left_at.timestamp() * 1000 + protocol.MAX_SKEW_S * 1000
+
+
 def _store_change(
     group: Group | None,
     before: wire.GroupState | None,
@@ -139,7 +164,7 @@ def _store_change(
         if username not in after.members:
             GroupMember.objects.filter(
                 group=group, username=username, left_seq__isnull=True
-            ).update(left_seq=after.seq)
+            ).update(left_seq=after.seq, left_at=timezone.now())
         elif after.members[username].admin != member.admin:
             GroupMember.objects.filter(
                 group=group, username=username, left_seq__isnull=True
@@ -239,16 +264,23 @@ def _resolve_members(usernames: Iterable[str], *, local_name: str) -> list[wire.
     return members
 
 
+def _refused(error: protocol.ProtocolError) -> GroupError:
+    return GroupError(_CHANGE_REFUSED.get(error.code, error.message))
+
+
 def _signed_event(author: User, group_id: str, action: str, **fields: Any) -> wire.SignedChange:
-    raw, sig = wire.make_event(
-        signing_key_for(author.keys),
-        group=group_id,
-        action=action,
-        author=author.username,
-        author_node=local_node_name(),
-        created_ms=now_ms(),
-        **fields,
-    )
+    try:
+        raw, sig = wire.make_event(
+            signing_key_for(author.keys),
+            group=group_id,
+            action=action,
+            author=author.username,
+            author_node=local_node_name(),
+            created_ms=now_ms(),
+            **fields,
+        )
+    except protocol.ProtocolError as error:  # too many people, say
+        raise _refused(error) from None
     return wire.SignedChange(wire.parse_event(raw), sig)
 
 
@@ -268,9 +300,12 @@ def _number_here(group: Group | None, change: wire.SignedChange, also=()) -> Gro
         if group is not None:
             group = Group.objects.get(id=group.id)  # the current state, under the lock
         before = load_state(group) if group is not None else None
-        record, record_sig, after = wire.number(
-            before, change.event, home_sign_key=node_signing_key()
-        )
+        try:  # checked again: another admin's change may have come first
+            record, record_sig, after = wire.number(
+                before, change.event, home_sign_key=node_signing_key()
+            )
+        except protocol.ProtocolError as error:
+            raise _refused(error) from None
         numbered = wire.SignedChange(change.event, change.event_sig, record, record_sig)
         group = _store_change(group, before, after, numbered)
         gone = {u for u in (before.members if before else {}) if u not in after.members}
@@ -295,8 +330,16 @@ def create_group(*, creator: User, name: str, usernames: Iterable[str]) -> Group
     if len(others) >= wire.MAX_GROUP_MEMBERS:
         raise GroupError(f"A group has at most {wire.MAX_GROUP_MEMBERS} members.")
     members = _resolve_members(others, local_name=local_name)
+    create_id = str(uuid.uuid4())
     change = _sendable(
-        _signed_event(creator, str(uuid.uuid4()), "create", name=name, members=members)
+        _signed_event(
+            creator,
+            wire.group_id_for(local_name, create_id),
+            "create",
+            name=name,
+            members=members,
+            event_id=create_id,
+        )
     )
     group = _number_here(None, change)
     logger.info("group created", extra={"group": str(group.group_id), "members": len(members)})
@@ -326,7 +369,10 @@ def change_group(
                 "A group's name is 1 to 100 characters on one line, not only spaces."
             ) from None
     elif action == "add":
-        fields["members"] = _resolve_members(usernames, local_name=local_name)
+        names = list(dict.fromkeys(usernames))
+        if len(state.members) + len(names) > wire.MAX_GROUP_MEMBERS:
+            raise GroupError(f"A group has at most {wire.MAX_GROUP_MEMBERS} members.")
+        fields["members"] = _resolve_members(names, local_name=local_name)
     elif action in ("remove", "promote", "demote"):
         names = list(dict.fromkeys(usernames))
         if not names:
@@ -349,7 +395,7 @@ def change_group(
         )
         wire.apply(state, change.event, record)
     except protocol.ProtocolError as error:
-        raise GroupError(_CHANGE_REFUSED.get(error.code, error.message)) from None
+        raise _refused(error) from None
     if group.home_node == local_name:
         _number_here(group, change)
         return True
@@ -378,6 +424,7 @@ _CHANGE_REFUSED = {
     "already_a_member": "That person is a member already.",
     "last_admin": "A group keeps at least one admin: make someone else admin first.",
     "too_many_members": f"A group has at most {wire.MAX_GROUP_MEMBERS} members.",
+    "invalid_field": "That change is not valid.",
 }
 
 
@@ -388,14 +435,40 @@ class Staged:
 
     states: dict[str, tuple[Group | None, wire.GroupState | None]] = field(default_factory=dict)
     writes: list[Callable[[], None]] = field(default_factory=list)
+    checked_at: dict[str, int] = field(default_factory=dict)  # group: seq when checked
+    copies: set[tuple[str, str]] = field(default_factory=set)  # (recipient, message id)
+    heads: dict[tuple[str, int], str] = field(default_factory=dict)  # of changes staged
+
+    def head_at(self, group_id: str, seq: int) -> str | None:
+        group, state = self.state(group_id)
+        if state is not None and seq == state.seq:
+            return state.head
+        if (group_id, seq) in self.heads:
+            return self.heads[(group_id, seq)]
+        return head_at(group, seq) if group is not None else None
 
     def state(self, group_id: str) -> tuple[Group | None, wire.GroupState | None]:
         if group_id not in self.states:
             group = Group.objects.filter(group_id=group_id).first()
             self.states[group_id] = (group, load_state(group) if group is not None else None)
+            self.checked_at[group_id] = group.seq if group is not None else 0
         return self.states[group_id]
 
     def store(self) -> None:
+        """The staged writes, in the batch's write transaction; a group changed since it
+        was checked (another request applied a change) refuses the batch, to be sent
+        again and checked against the new state."""
+        if self.checked_at:
+            now = dict(
+                Group.objects.filter(group_id__in=list(self.checked_at)).values_list(
+                    "group_id", "seq"
+                )
+            )
+            for group_id, seq in self.checked_at.items():
+                if now.get(uuid.UUID(group_id), 0) != seq:
+                    raise protocol.ProtocolError(
+                        "conflict", "the group changed meanwhile, retry the batch", 409
+                    )
         for write in self.writes:
             write()
 
@@ -407,6 +480,9 @@ def check_record(staged: Staged, envelope: protocol.Envelope, *, from_node: str)
     change = wire.parse_change_body(envelope.body, kind="group_record")
     group_id = change.event.group
     group, state = staged.state(group_id)
+    if state is None and change.record.seq > 1:
+        # Its first changes have not arrived (refused for a while, say): sent again after.
+        raise protocol.ProtocolError("group_behind", "this node does not know the group yet", 409)
     home = state.home_node if state is not None else change.event.author_node
     if from_node != home:
         raise protocol.ProtocolError(
@@ -442,6 +518,7 @@ def check_record(staged: Staged, envelope: protocol.Envelope, *, from_node: str)
 
     staged.writes.append(write)
     staged.states[group_id] = (group, after)
+    staged.heads[(group_id, after.seq)] = after.head
 
 
 def check_event(staged: Staged, envelope: protocol.Envelope, *, sender_sign_key: bytes) -> None:
@@ -471,6 +548,7 @@ def check_event(staged: Staged, envelope: protocol.Envelope, *, sender_sign_key:
 
     staged.writes.append(write)
     staged.states[key] = (group, after)
+    staged.heads[(key, after.seq)] = after.head
 
 
 def _node_key(name: str) -> bytes:

@@ -44,7 +44,7 @@ class Message(models.Model):
     error = models.CharField(max_length=64, blank=True)
     # A group message: peer_username is group_conversation_key(group id), and every copy
     # (the sender's, each recipient's) holds the message's id on the wire here; a
-    # recipient's envelope_id is derived from it and their name (several may be local).
+    # recipient's copy has an envelope_id of its own (random: several may be local).
     group = models.ForeignKey(
         "Group", null=True, blank=True, on_delete=models.CASCADE, related_name="messages"
     )
@@ -54,6 +54,12 @@ class Message(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["envelope_id", "direction"], name="unique_message_envelope_direction"
+            ),
+            # One copy of a group message per recipient, however often it is sent.
+            models.UniqueConstraint(
+                fields=["owner", "group_message_id"],
+                condition=Q(direction="in", group_message_id__isnull=False),
+                name="unique_group_message_copy",
             ),
         ]
         indexes = [
@@ -264,6 +270,7 @@ class GroupMember(models.Model):
     admin = models.BooleanField(default=False)
     joined_seq = models.PositiveIntegerField()
     left_seq = models.PositiveIntegerField(null=True, blank=True)
+    left_at = models.DateTimeField(null=True, blank=True, help_text="when this node applied it")
 
     class Meta:
         constraints = [

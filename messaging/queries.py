@@ -438,12 +438,27 @@ def _groups_of(owner: User, keys: list[str]) -> dict[str, tuple[Person, str, dat
     wanted = [k[len(GROUP_KEY_PREFIX) :] for k in keys if k.startswith(GROUP_KEY_PREFIX)]
     rows = (
         Group.objects.filter(Q(id__in=mine) | Q(group_id__in=wanted))
-        .annotate(size=Count("members", filter=Q(members__left_seq__isnull=True)))
+        .annotate(
+            size=Count("members", filter=Q(members__left_seq__isnull=True)),
+            mine=Count(
+                "members",
+                filter=Q(
+                    members__left_seq__isnull=True,
+                    members__username=owner.username,
+                    members__node=here,
+                ),
+            ),
+        )
         .order_by("-id")
     )
     return {
         g.conversation_key: (
-            Person(name=g.name, office=f"group · {g.size} members", status="group"),
+            Person(
+                name=g.name,
+                # A former member is not shown who is in it now.
+                office=f"group · {g.size} members" if g.mine else "group · you left",
+                status="group",
+            ),
             reverse("messaging:group", args=[g.group_id]),
             g.created_at,
         )

@@ -4,6 +4,7 @@ writing, then stored once in one write transaction."""
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,8 +266,8 @@ def _check_group(
         copies, file = group_messages.check_message(
             batch.groups, envelope, sender_box_key=sender.box_key
         )
-        if file is not None:  # each recipient's copy has the file, pulled once
-            _check_new_file_id(batch, file.file_id)
+        if file is not None and copies:  # each recipient's copy has the file, pulled once
+            _check_new_file_id(batch, file.file_id, group_message_id=copies[0].group_message_id)
             for index in range(len(batch.messages), len(batch.messages) + len(copies)):
                 batch.files[index] = file
         batch.messages.extend(copies)
@@ -369,16 +370,21 @@ def _stage(
     )
 
 
-def _check_new_file_id(batch: CheckedBatch, file_id: str) -> None:
+def _check_new_file_id(
+    batch: CheckedBatch, file_id: str, *, group_message_id: uuid.UUID | None = None
+) -> None:
     """A received file's id names its copy here: one already taken (a sender reusing ids)
-    is refused, so no file can take another's place."""
-    taken = any(fields.file_id == file_id for fields in batch.files.values())
-    if (
-        taken
-        or Attachment.objects.filter(
-            file_id=file_id, message__direction=Message.Direction.IN
-        ).exists()
-    ):
+    is refused, so no file can take another's place. The copies of one group message
+    share their file (and its id)."""
+    taken = any(
+        fields.file_id == file_id
+        and (group_message_id is None or batch.messages[index].group_message_id != group_message_id)
+        for index, fields in batch.files.items()
+    )
+    held = Attachment.objects.filter(file_id=file_id, message__direction=Message.Direction.IN)
+    if group_message_id is not None:
+        held = held.exclude(message__group_message_id=group_message_id)
+    if taken or held.exists():
         raise protocol.ProtocolError("file_id_conflict", "another file has this id here", 409)
 
 

@@ -324,7 +324,8 @@ def retry_message(*, owner: User, message_id: int) -> Message:
     message = Message.objects.filter(
         id=message_id, owner=owner, direction=Message.Direction.OUT
     ).first()
-    if message is None or message.status != Message.Status.FAILED:
+    if message is None or message.status != Message.Status.FAILED or message.group_id:
+        # A group message is sent again per member, on its group's page.
         raise errors.NotRetryable("Only a failed message can be sent again.")
     retried = retry_failed_messages([message.id])
     if not retried:

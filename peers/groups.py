@@ -94,6 +94,15 @@ class GroupEvent:
         return sha256_hex(self.raw)
 
 
+# A group's id is made from its home node and its create event's id, so that no other
+# node can present a group of that id as its own to a node that does not know it yet.
+GROUP_ID_NAMESPACE = uuid.UUID("5f0c7e2a-1d4b-4c8e-9a3f-6b2d8e1c4a70")
+
+
+def group_id_for(home_node: str, create_event_id: str) -> str:
+    return str(uuid.uuid5(GROUP_ID_NAMESPACE, f"{home_node}/{create_event_id}"))
+
+
 def validate_group_name(value: object) -> str:
     """A group's name: 1 to MAX_GROUP_NAME_CHARS characters of one line (no control
     characters); HTML is text like any other, escaped where it is shown."""
@@ -299,6 +308,8 @@ def apply(state: GroupState | None, event: GroupEvent, record: SequenceRecord) -
     if state is None:
         if record.seq != 1 or event.action != "create":
             raise _refuse("group_out_of_order", "a group begins with its create, number 1", 409)
+        if event.group != group_id_for(event.author_node, event.id):
+            raise _refuse("group_mismatch", "a group's id is made from its home node and create")
         members = {m.username: MemberState(m.node, False, 1) for m in event.members}
         members[event.author] = MemberState(event.author_node, True, 1)
         if len(members) > MAX_GROUP_MEMBERS:
@@ -336,8 +347,11 @@ def apply(state: GroupState | None, event: GroupEvent, record: SequenceRecord) -
             raise _refuse("too_many_members", f"a group has at most {MAX_GROUP_MEMBERS} members")
     elif event.action in ("remove", "leave"):
         gone = [event.author] if event.action == "leave" else [m.username for m in event.members]
+        nodes = {m.username: m.node for m in event.members}
         for username in gone:
-            if username not in members:
+            if username not in members or nodes.get(username, members[username].node) != (
+                members[username].node
+            ):
                 raise _refuse("not_a_member", f"{username} is not a member of the group", 409)
             del members[username]
             left_at[username] = record.seq
@@ -348,7 +362,7 @@ def apply(state: GroupState | None, event: GroupEvent, record: SequenceRecord) -
             members[heir] = MemberState(members[heir].node, True, members[heir].joined_seq)
     else:  # promote, demote
         for m in event.members:
-            if m.username not in members:
+            if m.username not in members or members[m.username].node != m.node:
                 raise _refuse("not_a_member", f"{m.username} is not a member of the group", 409)
             current = members[m.username]
             members[m.username] = MemberState(
@@ -512,27 +526,40 @@ class MessageBody:
     group: str
     message: str  # the message's id, the same in every node's envelope
     at_seq: int  # the sender's node had applied the group's changes up to this one
+    head: str  # sha256 of that change's sequence record: the same history on both sides
     ciphertext: bytes
     wraps: Mapping[str, bytes]  # the key sealed to each recipient on the receiving node
 
 
 def message_body(
-    *, group: str, message: str, at_seq: int, ciphertext: bytes, wraps: Mapping[str, bytes]
+    *,
+    group: str,
+    message: str,
+    at_seq: int,
+    head: str,
+    ciphertext: bytes,
+    wraps: Mapping[str, bytes],
 ) -> dict[str, Any]:
     return {
         "group": group,
         "message": message,
         "at_seq": at_seq,
+        "head": head,
         "ciphertext": b64e(ciphertext),
         "wraps": encode_wraps(wraps),
     }
 
 
 def parse_message_body(body: Mapping[str, Any]) -> MessageBody:
-    _exact(body, {"group", "message", "at_seq", "ciphertext", "wraps"}, kind="group_message")
+    _exact(
+        body, {"group", "message", "at_seq", "head", "ciphertext", "wraps"}, kind="group_message"
+    )
     at_seq = body["at_seq"]
     if not isinstance(at_seq, int) or isinstance(at_seq, bool) or not 1 <= at_seq < 2**31:
         raise _refuse("invalid_field", "at_seq must be a positive integer")
+    head = body["head"]
+    if not isinstance(head, str) or len(head) != 64 or head.strip("0123456789abcdef"):
+        raise _refuse("invalid_field", "head is 64 lower-case hex digits")
     wraps = decode_wraps(body["wraps"])
     if not wraps:
         raise _refuse("invalid_field", "a group message names at least one recipient")
@@ -540,6 +567,7 @@ def parse_message_body(body: Mapping[str, Any]) -> MessageBody:
         group=_uuid(body["group"], field_name="group"),
         message=_uuid(body["message"], field_name="message"),
         at_seq=at_seq,
+        head=head,
         ciphertext=b64d(body["ciphertext"], field="ciphertext"),
         wraps=wraps,
     )

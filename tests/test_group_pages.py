@@ -565,3 +565,12 @@ def test_search_finds_a_group_message_and_opens_it_in_the_group(alice):
     found = page(alice, f"{url(group)}?at={received.id}")
     assert 'aria-current="true"' in bubble(found, received)
     assert "bubble--found" in bubble(found, received)
+
+
+def test_the_home_tells_a_former_member_they_left_not_who_is_in_it_now(alice):
+    group = bobs_group()
+    received_by_alice(group, "before you left")
+    assert "3 members" in chat_row(page(alice, "/chats/"), group)
+    groups.change_group(author=bob(), group=group, action="remove", usernames=["alice"])
+    row = chat_row(page(alice, "/chats/"), group)
+    assert "you left" in row and "members" not in row

@@ -57,8 +57,10 @@ class RemoteHome:
 
     def __init__(self, net, admin, members):
         self.net, self.admin = net, admin
-        self.group = str(uuid.uuid4())
+        self.create_id = str(uuid.uuid4())
+        self.group = wire.group_id_for(admin.node.name, self.create_id)
         self.state = None
+        self.heads: dict[int, str] = {}
         self.records: list[protocol.SignedEnvelope] = []
         self.change(
             admin,
@@ -75,12 +77,14 @@ class RemoteHome:
             author=author.username,
             author_node=author.node.name,
             created_ms=now_ms(),
+            event_id=self.create_id if action == "create" else None,
             **fields,
         )
         event = wire.parse_event(raw)
         record, record_sig, self.state = wire.number(
             self.state, event, home_sign_key=self.net.branch.key
         )
+        self.heads[record.seq] = record.sha256
         sealed = protocol.sign_group_envelope(
             self.net.branch.key,
             envelope_id=protocol.new_envelope_id(),
@@ -112,6 +116,7 @@ class RemoteHome:
                 group=self.group,
                 message=str(uuid.uuid4()),
                 at_seq=self.state.seq if at_seq is None else at_seq,
+                head=self.heads[self.state.seq if at_seq is None else at_seq],
                 ciphertext=content.ciphertext,
                 wraps=content.wraps,
             ),
@@ -320,7 +325,7 @@ def test_a_different_change_under_a_number_already_applied_is_refused(client, ne
     post(client, net.branch, *home.records)
     fork = RemoteHome.__new__(RemoteHome)
     fork.net, fork.group, fork.records = net, home.group, []
-    fork.state = None
+    fork.state, fork.heads = None, {}
     # Branch numbers another change 2 after create: a forked history.
     event = wire.parse_event(
         protocol.b64d(protocol.parse_envelope(home.records[0].raw).body["event"], field="event")
@@ -613,3 +618,160 @@ def test_a_change_too_large_for_one_envelope_is_refused_with_words(net):
     with pytest.raises(groups.GroupError, match="Too many people at once"):
         groups.create_group(creator=net.alice, name="Everyone", usernames=names)
     assert not Group.objects.exists() and not Outbox.objects.exists()
+
+
+# --- from the review: duplicates, squatting, forks, races --------------------------------------
+def test_a_message_sent_again_under_a_new_envelope_is_stored_once_and_blocks_nothing(client, net):
+    from tests.helpers.messaging import seal_from
+
+    home = RemoteHome(net, net.rita, [("alice", "hq"), ("bob", "hq")])
+    post(client, net.branch, *home.records)
+    first = home.message(net.rita, "once", to=[net.alice, net.bob])
+    body = protocol.parse_envelope(first.raw).body
+    again = protocol.sign_group_envelope(  # the same message, a new envelope (a Retry)
+        net.rita.sign,
+        envelope_id=protocol.new_envelope_id(),
+        kind="group_message",
+        sender="rita",
+        sender_node="branch",
+        recipient_node="hq",
+        created_ms=now_ms(),
+        body=body,
+    )
+    one_to_one = seal_from(net.rita, net.bob, {"text": "and a direct one"})
+    assert codes(post(client, net.branch, first, again, one_to_one)) == []
+    assert received_texts(net.alice) == ["once"] and received_texts(net.bob) == ["once"]
+    assert codes(post(client, net.branch, again)) == []
+    assert Message.objects.filter(text="once").count() == 2  # alice's copy and bob's
+    assert Message.objects.filter(text="and a direct one").count() == 1
+
+
+def test_another_office_cannot_present_a_group_as_its_own(client, net):
+    home = RemoteHome(net, net.rita, [("alice", "hq"), ("olga", "other")])
+    raw, sig = wire.make_event(  # "other" claims home's group id for a create of its own
+        net.olga.sign,
+        group=home.group,
+        action="create",
+        author="olga",
+        author_node="other",
+        created_ms=now_ms(),
+        name="Deal team",
+        members=[wire.Member("alice", "hq")],
+    )
+    record_raw, record_sig = wire.make_sequence_record(
+        net.other.key, group=home.group, seq=1, event_raw=raw, prev=""
+    )
+    squat = protocol.sign_group_envelope(
+        net.other.key,
+        envelope_id=protocol.new_envelope_id(),
+        kind="group_record",
+        sender="",
+        sender_node="other",
+        recipient_node="hq",
+        created_ms=now_ms(),
+        body=wire.record_body(raw, sig, record_raw, record_sig),
+    )
+    assert codes(post(client, net.other, squat)) == ["group_mismatch"]
+    assert codes(post(client, net.branch, home.records[0])) == []
+    assert Group.objects.get().home_node == "branch"
+
+
+def test_a_message_from_another_history_of_the_group_is_refused(client, net):
+    home = RemoteHome(net, net.rita, [("alice", "hq")])
+    post(client, net.branch, *home.records)
+    sealed = home.message(net.rita, "from a fork", to=[net.alice])
+    body = dict(protocol.parse_envelope(sealed.raw).body, head="0" * 64)
+    forked = protocol.sign_group_envelope(
+        net.rita.sign,
+        envelope_id=protocol.new_envelope_id(),
+        kind="group_message",
+        sender="rita",
+        sender_node="branch",
+        recipient_node="hq",
+        created_ms=now_ms(),
+        body=body,
+    )
+    assert codes(post(client, net.branch, forked)) == ["group_chain_broken"]
+    assert received_texts(net.alice) == []
+
+
+def test_a_change_applied_between_the_check_and_the_store_refuses_the_batch(net):
+    from messaging import receiving
+    from peers.auth import KnownNode
+
+    home = RemoteHome(net, net.rita, [("alice", "hq"), ("nina", "branch")])
+    items = protocol.parse_batch(protocol.encode_batch(home.records))
+    receiving.accept_envelopes(
+        items, from_node=KnownNode("branch", bytes(net.branch.key.verify_key), None)
+    )
+    late = home.message(net.nina, "written before my removal", to=[net.alice])
+    checked = receiving.check_envelopes(
+        protocol.parse_batch(protocol.encode_batch([late])),
+        from_node=KnownNode("branch", bytes(net.branch.key.verify_key), None),
+    )
+    assert checked.refusals == []
+    removal = home.change(net.rita, "remove", members=[wire.Member("nina", "branch")])
+    receiving.accept_envelopes(
+        protocol.parse_batch(protocol.encode_batch([removal])),
+        from_node=KnownNode("branch", bytes(net.branch.key.verify_key), None),
+    )
+    with pytest.raises(protocol.ProtocolError) as caught:
+        receiving.store_envelopes(batch=checked)
+    assert caught.value.code == "conflict"
+    assert received_texts(net.alice) == []
+
+
+def test_a_copy_for_someone_removed_here_well_before_it_was_written_is_not_stored(client, net):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    home = RemoteHome(net, net.rita, [("alice", "hq"), ("bob", "hq")])
+    at_seq = 1
+    home.change(net.rita, "remove", members=[wire.Member("bob", "hq")])
+    post(client, net.branch, *home.records)
+    GroupMember.objects.filter(username="bob").update(
+        left_at=timezone.now() - timedelta(minutes=10)
+    )
+    # Written by an office still at change 1 (it had not heard of the removal).
+    sealed = home.message(net.rita, "after bob left", to=[net.alice, net.bob], at_seq=at_seq)
+    assert codes(post(client, net.branch, sealed)) == []
+    assert received_texts(net.alice) == ["after bob left"]
+    assert received_texts(net.bob) == []
+
+
+def test_resealing_for_someone_nobody_can_reach_now_shows_them_failed(net):
+    from django.utils import timezone
+
+    from peers.models import DirectoryUser
+
+    group = groups.create_group(creator=net.alice, name="Board", usernames=["rita", "nina"])
+    message = group_messages.send_group_message(sender=net.alice, group=group, text="hi")
+    row = Outbox.objects.get(kind="group_message", destination="branch")
+    DirectoryUser.objects.filter(username="nina").delete()
+    assert group_messages.reseal([row], now=timezone.now()) == [row]
+    assert group_messages._wrapped(Outbox.objects.get(id=row.id)) == ["rita"]
+    errors = dict(GroupDelivery.objects.filter(message=message).values_list("username", "error"))
+    assert errors == {"rita": "", "nina": "unknown_recipient"}
+
+
+def test_the_conversation_retry_does_not_touch_a_group_message(net):
+    from django.utils import timezone
+
+    from messaging import sending
+
+    group = groups.create_group(creator=net.alice, name="Board", usernames=["rita"])
+    message = group_messages.send_group_message(sender=net.alice, group=group, text="hi")
+    group_messages.refused(
+        list(Outbox.objects.filter(kind="group_message")), "expired", now=timezone.now()
+    )
+    with pytest.raises(groups.errors.NotRetryable):
+        sending.retry_message(owner=net.alice, message_id=message.id)
+
+
+def test_adding_more_than_a_group_holds_is_refused_with_words(net):
+    group = groups.create_group(creator=net.alice, name="Board", usernames=["bob"])
+    with pytest.raises(groups.GroupError, match="at most 256 members"):
+        groups.change_group(
+            author=net.alice, group=group, action="add", usernames=[f"p{i}" for i in range(257)]
+        )

@@ -18,7 +18,8 @@ from peers import groups
 from peers.groups import Member
 from peers.protocol import ProtocolError
 
-GROUP = str(uuid.UUID(int=7))
+CREATE_ID = str(uuid.UUID(int=7))
+GROUP = groups.group_id_for("hq", CREATE_ID)  # alice of hq creates it
 HOME = SigningKey(b"h" * 32)
 PEOPLE = {  # username: (node, signing key)
     "alice": ("hq", SigningKey(b"a" * 32)),
@@ -44,6 +45,7 @@ def event(author: str, action: str, *, name: str | None = None, members=()) -> g
         created_ms=1_700_000_000_000,
         name=name,
         members=[member(m) for m in members],
+        event_id=CREATE_ID if action == "create" else None,
     )
     groups.verify_event(bytes(key.verify_key), raw, signature)
     return groups.parse_event(raw)

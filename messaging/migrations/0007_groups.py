@@ -33,6 +33,14 @@ class Migration(migrations.Migration):
             name='group',
             field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='messaging.group'),
         ),
+        migrations.AddConstraint(
+            model_name='message',
+            constraint=models.UniqueConstraint(
+                condition=models.Q(('direction', 'in'), ('group_message_id__isnull', False)),
+                fields=('owner', 'group_message_id'),
+                name='unique_group_message_copy',
+            ),
+        ),
         migrations.CreateModel(
             name='GroupDelivery',
             fields=[
@@ -58,6 +66,7 @@ class Migration(migrations.Migration):
                 ('admin', models.BooleanField(default=False)),
                 ('joined_seq', models.PositiveIntegerField()),
                 ('left_seq', models.PositiveIntegerField(blank=True, null=True)),
+                ('left_at', models.DateTimeField(blank=True, help_text='when this node applied it', null=True)),
                 ('group', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='members', to='messaging.group')),
             ],
             options={
