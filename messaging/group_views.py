@@ -361,17 +361,19 @@ def _group_upload(
         return _json_error("method_not_allowed", "use POST", 405)
     if not (request.user.is_authenticated and request.user.is_verified()):
         return _json_error("login_required", "Log in to continue.", 401)
-    group = groups.group_for(request.user, group_id)
-    if group is None:
-        return _json_error("unknown_group", "There is no such group.", 404)
     try:
         caption = request.POST.get("text", "")  # the body, through the handler
     except (RequestDataTooBig, TooManyFieldsSent, MultiPartParserError):
         raise errors.FileRefused("The upload could not be read; please try again.") from None
+    # The token first: a cross-site form learns nothing, not even whether the group exists.
     refused = _csrf_check.process_view(request, None, (), {})
     if refused is not None:  # a cross-site form: nothing it sent is kept
         handler.discard()
         return refused
+    group = groups.group_for(request.user, group_id)
+    if group is None:
+        handler.discard()
+        return _json_error("unknown_group", "There is no such group.", 404)
     if not handler.uploads:
         raise errors.FileRefused("Choose a file to send.")
     upload = files.finish_upload(handler.uploads.pop())

@@ -290,10 +290,11 @@ SAMPLE_ARGS = {
     "username": "bob",
     "message_id": 1,
     "file_id": "0f0e4c52-3c8e-4f53-9d0c-5b8f7a1c2d3e",
+    "group_id": "5a1d2c3b-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
 }
 # Exempt from the middleware's check but checking the token itself: an upload's body is
 # read through its own upload handler, which must be in place before anything reads it.
-CHECKS_ITS_OWN_TOKEN = {"messaging:upload"}
+CHECKS_ITS_OWN_TOKEN = {"messaging:upload", "messaging:group_upload"}
 
 
 def test_only_the_signed_peer_api_is_exempt_from_csrf():
@@ -306,6 +307,7 @@ def test_only_the_signed_peer_api_is_exempt_from_csrf():
         "messaging:inbox": "/api/v1/inbox",
         "messaging:peer_file": f"/api/v1/files/{SAMPLE_ARGS['file_id']}",
         "messaging:upload": "/chat/bob/files/",
+        "messaging:group_upload": f"/groups/{SAMPLE_ARGS['group_id']}/files/",
         "peers:peer_profile": "/api/v1/profiles/bob",
         "peers:peer_profile_picture": "/api/v1/profiles/bob/picture",
     }

@@ -510,3 +510,43 @@ def test_a_backup_holds_the_files(tmp_path):
     assert "files      -> " in result.stdout
     assert not (backup / "files" / "incoming").exists()
     assert not (backup / "files" / "partial").exists()
+
+
+# --- a file to a group ----------------------------------------------------------------------
+def group_upload(client: Client, group_id, data: bytes, *, name: str = "photo.png", text=""):
+    return client.post(
+        f"/groups/{group_id}/files/",
+        data=form(("text", None, text.encode()), ("file", name, data)),
+        content_type=f"multipart/form-data; boundary={BOUNDARY}",
+        **JSON,
+    )
+
+
+def test_a_file_to_a_group_is_stored_once_for_its_sender_and_sent_to_each_office(
+    alice, bob, files_dir
+):
+    from messaging import groups
+    from messaging.models import Outbox
+
+    sender = User.objects.get(username="alice")
+    group = groups.create_group(creator=sender, name="Board", usernames=["bob", "rita"])
+    response = group_upload(alice, group.group_id, samples.png(), text="the chart")
+    assert response.status_code == 201, response.content
+    message = Message.objects.get(direction="out")
+    attachment = Attachment.objects.get(message=message)
+    assert (attachment.node, attachment.state) == ("", "stored")
+    assert sorted(
+        Outbox.objects.filter(kind="group_message").values_list("destination", flat=True)
+    ) == ["branch", "hq"]
+    assert len(left_in(files_dir)) == 1  # one encrypted copy, however many recipients
+
+
+def test_a_file_to_a_group_one_is_not_in_leaves_nothing_behind(alice, bob, files_dir):
+    from messaging import groups
+
+    other = groups.create_group(
+        creator=User.objects.get(username="bob"), name="Not alice's", usernames=["rita"]
+    )
+    response = group_upload(alice, other.group_id, samples.png())
+    assert error_of(response)[:2] == (404, "unknown_group")
+    assert not Attachment.objects.exists() and left_in(files_dir) == []

@@ -227,7 +227,8 @@ def test_a_picture_goes_up_with_progress_and_turns_from_preview_to_picture_for_b
     received_file_pulled()
     picture = theirs.locator("a.attachment__full img.attachment__image")
     expect(picture).to_have_attribute("src", file_url(sent), timeout=TIMEOUT_MS)
-    assert picture.evaluate("img => img.complete && img.naturalWidth") == 320
+    expect(picture).to_have_js_property("complete", True, timeout=TIMEOUT_MS)  # loaded
+    assert picture.evaluate("img => img.naturalWidth") == 320
     expect(theirs.locator("a.attachment__full")).to_have_attribute("href", file_url(sent))
     expect(theirs.locator(".attachment__image--preview")).to_have_count(0)
     # Delivered; or read, Bob's page having shown it (and his receipt having come along).

@@ -136,26 +136,30 @@ def test_a_worker_killed_after_the_peer_stored_its_batch_loses_and_doubles_nothi
     a restart the batch goes again, is stored once and acknowledged identically."""
     hq, branch = net.node("hq"), net.node("branch")
     web = branch.processes["web"].popen
-    worker = hq.processes["worker"].popen
     sent = [f"in flight {n}" for n in range(5)]
     # Counted in branch's database, not through bob's page: reading would send a receipt.
     count_stored = (
         "from messaging.models import Message;"
         f"print(Message.objects.filter(direction='in', text__in={sent!r}).count())"
     )
+    # Queue all five first, so that they go in one batch: with hq's worker stopped (not
+    # paused: a paused worker may hold the database's write lock, and the sends wait).
+    hq.stop_worker()
+    web.send_signal(signal.SIGSTOP)  # branch accepts connections but reads nothing yet
+    worker = None
     try:
-        os.killpg(worker.pid, signal.SIGSTOP)  # queue all five first: they go in one batch
-        web.send_signal(signal.SIGSTOP)  # branch accepts connections but reads nothing yet
         try:
             for text in sent:
                 send(net, "alice", "bob", text)
-            os.killpg(worker.pid, signal.SIGCONT)
+            hq.start_worker(wait=False)
+            worker = hq.processes["worker"].popen
             wait_for(
                 lambda: _unread_requests_on(branch.port),
-                timeout=8,  # well inside the worker's 10 s peer timeout
+                timeout=30,  # the worker's start, then its post (a 10 s timeout, retried)
                 message="hq's batch waiting in branch's socket",
                 interval=0.02,
             )
+            # Waiting for branch's answer: no database lock is held while a batch is out.
             os.killpg(worker.pid, signal.SIGSTOP)  # the worker will not read the answer
         finally:
             web.send_signal(signal.SIGCONT)
@@ -171,7 +175,7 @@ def test_a_worker_killed_after_the_peer_stored_its_batch_loses_and_doubles_nothi
         hq.stop_worker(kill=True)  # SIGKILL: the acknowledgements are lost with it
         assert all(status_of(net, "alice", "bob", t) == "queued" for t in sent)
     finally:
-        if worker.poll() is None:  # the test failed before the kill: never leave it stopped
+        if worker is not None and worker.poll() is None:  # failed before the kill
             os.killpg(worker.pid, signal.SIGCONT)
     hq.start_worker()
     wait_for(
