@@ -225,10 +225,15 @@
   // "conversation.group": a group's name or members changed (only a group page's data-peer,
   // "group:<id>", is the peer of such an event; one-to-one pages never see one). The page
   // is drawn again, members and all, unless a message is being written there: that would
-  // be lost, and sending it draws the page again anyway.
+  // be lost, and sending it draws the page again anyway; the same while files go up.
   function groupChanged() {
     var box = document.getElementById("compose-text");
     if (box && box.value.trim()) return false;
+    // nor while files are chosen or going up: reloading would drop them
+    var busyLists = ["attach-staged", "uploads"].map(function (id) {
+      return document.getElementById(id);
+    });
+    if (busyLists.some(function (list) { return list && !list.hidden; })) return false;
     window.location.reload();
     return true;
   }
