@@ -520,14 +520,12 @@ def check_message(
             raise protocol.ProtocolError("decrypt_failed", "recipients' content differs")
         payload = opened
         text, file = check_message_payload(opened)
-        copy_key = (username, body.message)
-        if username in have or copy_key in staged.copies:
+        if username in have or (username, body.message) in staged.copies:
             continue
         if member is None and removed_before(group, username, envelope.created_ms):
             # Their office had applied their removal well before the message was written
             # (a sender's office that was behind): nothing sent after it reaches them.
             continue
-        staged.copies.add(copy_key)
         copies.append(
             Message(
                 envelope_id=uuid.uuid4(),
@@ -544,6 +542,8 @@ def check_message(
                 group_message_id=uuid.UUID(body.message),
             )
         )
+    # Only now, the whole envelope accepted: these recipients have their copy.
+    staged.copies.update((c.recipient_username, body.message) for c in copies)
     key = body.group
 
     def write() -> None:
