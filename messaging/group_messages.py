@@ -231,8 +231,13 @@ def delivery_summary(message_ids: Iterable[int]) -> dict[int, dict[str, int]]:
 
 def _settle(message_ids: Iterable[int], *, now) -> None:
     """The sender's message status from its recipients' rows: delivered once every one
-    is, read once every one read it, failed while one failed, else queued."""
-    summary = delivery_summary(message_ids)
+    is, read once every one read it, failed while one failed, else queued. Call inside
+    the transaction that changed those rows: the messages are locked first (PostgreSQL;
+    SQLite has one writer), so two acknowledgements at once, each from one office, cannot
+    both count without the other's recipients and leave the message queued for good."""
+    ids = sorted(set(message_ids))
+    list(Message.objects.select_for_update().filter(id__in=ids).values_list("id", flat=True))
+    summary = delivery_summary(ids)
     for message_id, s in summary.items():
         if s["read"] == s["total"]:
             status = Message.Status.READ
